@@ -1,0 +1,160 @@
+"""The ``obstruct`` command (also ``python -m obstructlib``).
+
+Subcommands: ``info`` and one per registered runner. Common options: ``--profile``,
+``--data-root``, ``--out``, ``--seed``, ``--device`` and repeatable ``--set key=value``.
+A run writes ``OUT/results.json`` and exits 0; re-running with the same ``--out`` resumes from
+the last checkpoint. Bad input exits 2 with one line on stderr and leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from obstructlib.errors import ObstructError
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``obstruct: error: ...``) and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", choices=("quick", "colab", "paper"), default=None,
+                        help="run scale (default: $OBSTRUCT_PROFILE, else quick on CPU, colab on CUDA)")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="root of registered datasets (default: $OBSTRUCT_DATA or ./data)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser, one subcommand per registered runner."""
+    from obstructlib.experiments import load_runners
+
+    parser = _Parser(prog="obstruct", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    info = sub.add_parser("info", help="versions, device, profile, data root and which datasets are present")
+    _common(info)
+    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    for runner in load_runners().values():
+        p = sub.add_parser(runner.name, help=runner.help, description=runner.help)
+        _common(p)
+        p.add_argument("--out", type=Path, default=None,
+                       help="run folder for results.json and checkpoints (default: runs/COMMAND)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override any config field (dotted keys for nested fields); repeatable")
+        p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+        for flag in runner.flags:
+            p.add_argument(flag.flag, dest=f"flag_{flag.field}", default=None, choices=flag.choices,
+                           help=flag.help)
+    return parser
+
+
+def info(args: argparse.Namespace) -> dict[str, Any]:
+    """What ``obstruct info`` reports, as a dict."""
+    from obstructlib.data import default_data_root, list_datasets
+    from obstructlib.engine import resolve_device
+    from obstructlib.experiments.common import describe_device, versions
+    from obstructlib.profiles import resolve_profile
+
+    device = resolve_device(args.device)
+    profile = resolve_profile(args.profile)
+    root = Path(args.data_root) if args.data_root else default_data_root()
+    datasets = {}
+    for name, ds in list_datasets().items():
+        present = ds.embedded or (root / ds.subdir).exists()
+        datasets[name] = {"kind": ds.kind, "present": present, "path": "embedded" if ds.embedded else str(root / ds.subdir),
+                          "fetch": "" if present else ds.fetch.format(root=root)}
+    return {"versions": versions(), "device": describe_device(device), "profile": profile.name,
+            "profile_description": profile.description, "data_root": str(root.resolve()), "datasets": datasets}
+
+
+def _print_info(report: dict[str, Any]) -> None:
+    print("obstructlib " + report["versions"].get("obstructlib", "?"))
+    print("versions:   " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if k != "obstructlib"))
+    dev = report["device"]
+    print(f"device:     {dev['type']} ({dev.get('name', '')})")
+    print(f"profile:    {report['profile']} - {report['profile_description']}")
+    print(f"data root:  {report['data_root']}")
+    print("datasets:")
+    for name, d in report["datasets"].items():
+        state = "present" if d["present"] else f"missing  -> {d['fetch']}"
+        print(f"  {name:<20} {d['kind']:<15} {state}")
+
+
+def run_command(args: argparse.Namespace) -> Path:
+    """Resolve config, run the runner, write ``results.json``; returns its path."""
+    from obstructlib.config import apply_overrides, set_field
+    from obstructlib.engine import resolve_device, seed_everything
+    from obstructlib.experiments import RUNNERS, RunContext
+    from obstructlib.experiments.common import remove_if_created
+    from obstructlib.data import default_data_root
+    from obstructlib.profiles import resolve_profile
+
+    runner = RUNNERS[args.command]
+    profile = resolve_profile(args.profile)
+    device = resolve_device(args.device)
+    cfg = runner.config_for(profile)
+    for flag in runner.flags:
+        value = getattr(args, f"flag_{flag.field}")
+        if value is not None:
+            cfg = set_field(cfg, flag.field, value)
+    cfg = apply_overrides(cfg, args.overrides)  # validates the config
+
+    out_dir = Path(args.out) if args.out else Path("runs") / args.command
+    existed = out_dir.exists()
+    ctx = RunContext(command=args.command, profile=profile, device=device, seed=args.seed,
+                     data_root=Path(args.data_root) if args.data_root else default_data_root(),
+                     out_dir=out_dir, progress=not args.no_progress, argv=["obstruct", *args.argv])
+    seed_everything(args.seed)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        metrics = runner.run(cfg, ctx)
+    except ObstructError:
+        # Bad input found while loading data: leave no half-written folder behind.
+        remove_if_created(out_dir, existed)
+        raise
+    path = ctx.write_results(cfg, metrics)
+    assert path is not None
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = argv
+    try:
+        if args.command == "info":
+            report = info(args)
+            if args.json:
+                print(json.dumps(report, indent=2))
+            else:
+                _print_info(report)
+            return 0
+        path = run_command(args)
+        print(f"results: {path}")
+        return 0
+    except ObstructError as err:
+        print(f"obstruct: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("obstruct: interrupted; run the same command again to resume from the last checkpoint",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

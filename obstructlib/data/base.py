@@ -1,0 +1,269 @@
+"""Dataset specs, the dataset registry and the in-memory image dataset every loader returns.
+
+A *dataset spec* is what a user passes on the command line (``--dataset SPEC``):
+
+- a registered name (``cifar10``, ``mnist``, ``digits``, ``synthetic-captions`` ...), read from a
+  torchvision-style layout under ``root`` (the CLI's ``--data-root``);
+- ``folder:PATH``: an ImageFolder tree with ``train/`` and ``test/``;
+- ``npz:PATH``: ``x_train, y_train, x_test, y_test`` as uint8 NHW or NHWC;
+- ``csv:PATH``: image-caption pairs, columns ``image,caption[,split]``, paths relative to the CSV.
+
+Images leave every dataset as float tensors in [0, 1], shape ``(C, H, W)``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from obstructlib.errors import ConfigError, DatasetNotFoundError
+
+SPLITS = ("train", "test")
+
+
+def default_data_root() -> Path:
+    """``$OBSTRUCT_DATA`` if set, else ``./data``."""
+    return Path(os.environ.get("OBSTRUCT_DATA", "data"))
+
+
+def to_float_image(images: np.ndarray | torch.Tensor, image_size: int | None = None) -> torch.Tensor:
+    """uint8 ``(N, H, W, C)`` or ``(H, W, C)`` (or grey ``(N, H, W)``) to float ``(N, C, H, W)`` in [0, 1].
+
+    Args:
+        images: uint8 array, channels last (a single image or a batch).
+        image_size: resize (bilinear, antialiased) to a square of this many pixels; None keeps it.
+
+    Shape:
+        Output ``(N, C, H, W)`` for a batch, ``(C, H, W)`` for a single image.
+    """
+    x = torch.as_tensor(np.asarray(images))
+    single = x.ndim == 3 and x.shape[-1] in (1, 3) or x.ndim == 2
+    if x.ndim == 2:
+        x = x[None, :, :, None]
+    elif single:
+        x = x[None]
+    elif x.ndim == 3:  # (N, H, W) grey batch
+        x = x[..., None]
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+    if image_size is not None and tuple(x.shape[-2:]) != (image_size, image_size):
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+        x = x.clamp_(0.0, 1.0)
+    return x[0] if single else x
+
+
+class ArrayImageDataset(Dataset):
+    """Labelled images held as one uint8 array (or a memory map) and decoded per item.
+
+    Args:
+        images: uint8 array ``(N, H, W, C)``; grey images may be ``(N, H, W)``.
+        labels: int64 array ``(N,)`` or None for unlabelled data.
+        classes: class names, index-aligned with the labels.
+        image_size: resize each item to this square size (pixels); None keeps the stored size.
+        channels: force 1 or 3 channels (grey is repeated to RGB); None keeps the stored number.
+        transform: optional callable on the float ``(C, H, W)`` tensor (augmentation).
+
+    Shape:
+        An item is ``(image, label)`` with image float ``(C, H, W)`` in [0, 1] and label an int.
+
+    Example:
+        >>> ds = ArrayImageDataset(np.zeros((4, 8, 8, 3), np.uint8), np.arange(4), ["a", "b", "c", "d"])
+        >>> ds[1][0].shape, ds[1][1]
+        (torch.Size([3, 8, 8]), 1)
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray | Sequence[int] | None = None,
+        classes: Sequence[str] | None = None,
+        *,
+        image_size: int | None = None,
+        channels: int | None = None,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        if images.dtype != np.uint8:
+            raise ConfigError(f"images must be uint8 (got {images.dtype}): scale to 0..255 and cast before loading")
+        if images.ndim == 3:
+            images = images[..., None]
+        if images.ndim != 4:
+            raise ConfigError(f"images must be NHW or NHWC (got shape {images.shape})")
+        self.images = images
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        if self.labels is not None and len(self.labels) != len(images):
+            raise ConfigError(f"{len(images)} images but {len(self.labels)} labels: the two must match")
+        if classes is None and self.labels is not None and len(self.labels):
+            classes = [str(c) for c in range(int(self.labels.max()) + 1)]
+        self.classes = list(classes) if classes is not None else []
+        self.image_size = image_size
+        self.channels = channels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def targets(self) -> list[int]:
+        """Labels as a list of ints (torchvision's attribute name)."""
+        return [] if self.labels is None else self.labels.tolist()
+
+    def get_image(self, index: int) -> torch.Tensor:
+        """The float ``(C, H, W)`` image at ``index`` before ``transform``."""
+        x = to_float_image(self.images[index], self.image_size)
+        if self.channels == 3 and x.shape[0] == 1:
+            x = x.expand(3, -1, -1).contiguous()
+        elif self.channels == 1 and x.shape[0] == 3:
+            x = x.mean(0, keepdim=True)
+        return x
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        x = self.get_image(index)
+        if self.transform is not None:
+            x = self.transform(x)
+        y = -1 if self.labels is None else int(self.labels[index])
+        return x, y
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> "ArrayImageDataset":
+        """A new dataset over ``indices`` (copies only the selected images)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return ArrayImageDataset(
+            np.ascontiguousarray(self.images[idx]),
+            None if self.labels is None else self.labels[idx],
+            self.classes,
+            image_size=self.image_size,
+            channels=self.channels,
+            transform=self.transform,
+        )
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A registered dataset.
+
+    Attributes:
+        name: the name users type (``cifar10``).
+        loader: ``loader(root: Path, split: str, **kwargs) -> Dataset``.
+        kind: ``"classification"`` or ``"captions"``.
+        fetch: the exact shell command that puts the files under ``root`` (shown when missing).
+        subdir: the folder under ``root`` the loader reads (for ``obstruct info``).
+        description: one line for listings.
+        embedded: True when the data ships with the package (needs no files).
+    """
+
+    name: str
+    loader: Callable[..., Dataset]
+    kind: str = "classification"
+    fetch: str = ""
+    subdir: str = ""
+    description: str = ""
+    embedded: bool = False
+    splits: tuple[str, ...] = field(default=SPLITS)
+
+
+_REGISTRY: dict[str, DatasetInfo] = {}
+
+
+def register_dataset(
+    name: str,
+    *,
+    kind: str = "classification",
+    fetch: str = "",
+    subdir: str = "",
+    description: str = "",
+    embedded: bool = False,
+    splits: tuple[str, ...] = SPLITS,
+) -> Callable[[Callable[..., Dataset]], Callable[..., Dataset]]:
+    """Decorator registering ``loader(root, split, **kwargs)`` under ``name``."""
+
+    def wrap(loader: Callable[..., Dataset]) -> Callable[..., Dataset]:
+        _REGISTRY[name] = DatasetInfo(name, loader, kind, fetch, subdir or name, description, embedded, splits)
+        return loader
+
+    return wrap
+
+
+def list_datasets() -> dict[str, DatasetInfo]:
+    """All registered datasets by name."""
+    _import_loaders()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` of a registered name, or a :class:`ConfigError` listing the known ones."""
+    _import_loaders()
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY))
+        raise ConfigError(
+            f"unknown dataset {name!r}: use one of {known}, or folder:PATH, npz:PATH, csv:PATH"
+        )
+    return _REGISTRY[name]
+
+
+def missing(name: str, path: Path | str, fetch: str) -> DatasetNotFoundError:
+    """The one-line error for a dataset that is not on disk."""
+    how = f"fetch it with: {fetch}" if fetch else "put the files there or pass --data-root"
+    return DatasetNotFoundError(f"dataset {name!r} not found at {path}: {how}")
+
+
+def load_dataset(spec: str, root: str | Path | None = None, split: str = "train", **kwargs: Any) -> Dataset:
+    """Load one split of a dataset from its spec.
+
+    Args:
+        spec: a registered name, ``folder:PATH``, ``npz:PATH`` or ``csv:PATH``.
+        root: the data root for registered names (default :func:`default_data_root`).
+        split: ``"train"`` or ``"test"``.
+        **kwargs: passed to the loader (``image_size``, ``channels``, ``download`` ...).
+
+    Returns:
+        A classification dataset (items ``(image, label)``, attribute ``classes``) or a caption
+        dataset (items ``(image, caption, image_id)``).
+
+    Example:
+        >>> train = load_dataset("digits", split="train")
+        >>> x, y = train[0]
+    """
+    _import_loaders()
+    if split not in SPLITS:
+        raise ConfigError(f"split {split!r} is not one of {SPLITS}")
+    root = Path(root) if root is not None else default_data_root()
+    if ":" in spec and spec.split(":", 1)[0] in _PREFIX_LOADERS:
+        prefix, path = spec.split(":", 1)
+        if not path:
+            raise ConfigError(f"dataset spec {spec!r} has no path after '{prefix}:'")
+        return _PREFIX_LOADERS[prefix](Path(path).expanduser(), split, **kwargs)
+    return dataset_info(spec).loader(root, split, **kwargs)
+
+
+def dataset_kind(spec: str) -> str:
+    """``"classification"`` or ``"captions"`` for a spec, without loading it."""
+    if spec.startswith("csv:"):
+        return "captions"
+    if ":" in spec and spec.split(":", 1)[0] in _PREFIX_LOADERS:
+        return "classification"
+    return dataset_info(spec).kind
+
+
+# Prefix loaders (folder:, npz:, csv:) register themselves here from the modules that define them.
+_PREFIX_LOADERS: dict[str, Callable[..., Dataset]] = {}
+
+
+def register_prefix(prefix: str) -> Callable[[Callable[..., Dataset]], Callable[..., Dataset]]:
+    """Decorator registering ``loader(path: Path, split, **kwargs)`` for ``prefix:PATH`` specs."""
+
+    def wrap(loader: Callable[..., Dataset]) -> Callable[..., Dataset]:
+        _PREFIX_LOADERS[prefix] = loader
+        return loader
+
+    return wrap
+
+
+def _import_loaders() -> None:
+    # The loader modules register themselves on import; import them lazily to keep
+    # `import obstructlib` cheap and free of import cycles.
+    from obstructlib.data import captions, embedded, vision  # noqa: F401

@@ -1,0 +1,157 @@
+"""What every runner shares: the run context, timings and ``results.json``.
+
+A runner is a function ``run(cfg, ctx) -> metrics`` plus a config dataclass. The context holds
+the resolved profile, device, seed, data root and output folder; it times stages and writes
+``OUT/results.json`` atomically with the keys the interface contract fixes: ``command``,
+``profile``, ``config``, ``metrics``, ``timings_s``, ``device`` and ``versions``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from obstructlib.config import config_to_dict
+from obstructlib.profiles import Profile
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and of the packages a result depends on."""
+    import numpy
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
+    for name in ("torchvision", "open_clip", "obstructlib"):
+        try:
+            module = __import__(name)
+            out[name] = getattr(module, "__version__", "unknown")
+        except Exception:  # pragma: no cover - reported, not fatal
+            out[name] = "missing"
+    return out
+
+
+def describe_device(device: torch.device) -> dict[str, Any]:
+    """Device type, name and (on CUDA) memory, for ``results.json``."""
+    info: dict[str, Any] = {"type": device.type, "torch_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(idx)
+        info.update(name=props.name, memory_gib=round(props.total_memory / 2**30, 1))
+    else:
+        info["name"] = platform.processor() or platform.machine()
+        info["cpu_count"] = os.cpu_count()
+    return info
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON to ``path`` through a temporary file and ``os.replace`` (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2, sort_keys=False, default=_json_default)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+@dataclass
+class RunContext:
+    """Everything a runner needs besides its config.
+
+    Attributes:
+        command: the subcommand (``uc``, ``mem``, ...).
+        profile: the resolved :class:`~obstructlib.profiles.Profile`.
+        device: where tensors go.
+        seed: the run's seed (already applied with ``seed_everything``).
+        data_root: root of registered datasets.
+        out_dir: the run folder (``results.json``, ``checkpoints/``, figures); None in notebooks
+            that do not save anything.
+        progress: show progress bars.
+        argv: the command line, recorded in ``results.json``.
+    """
+
+    command: str
+    profile: Profile
+    device: torch.device
+    seed: int = 0
+    data_root: Path = Path("data")
+    out_dir: Path | None = None
+    progress: bool = True
+    argv: list[str] = field(default_factory=lambda: list(sys.argv))
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ckpt_dir(self) -> Path | None:
+        """``OUT/checkpoints`` (created on first use), or None without an output folder."""
+        return None if self.out_dir is None else self.out_dir / "checkpoints"
+
+    def stage_dir(self, name: str) -> Path | None:
+        """``OUT/checkpoints/NAME`` for a resumable stage, or None without an output folder."""
+        return None if self.ckpt_dir is None else self.ckpt_dir / name
+
+    @contextmanager
+    def timer(self, stage: str) -> Iterator[None]:
+        """Add the wall time of the ``with`` block to ``timings_s[stage]``."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.timings_s[stage] = round(self.timings_s.get(stage, 0.0) + time.perf_counter() - start, 3)
+
+    def results(self, config: Any, metrics: dict[str, Any]) -> dict[str, Any]:
+        """The ``results.json`` payload (contract keys first)."""
+        return {
+            "command": self.command,
+            "argv": self.argv,
+            "profile": self.profile.name,
+            "seed": self.seed,
+            "config": config_to_dict(config),
+            "metrics": metrics,
+            "timings_s": self.timings_s,
+            "device": describe_device(self.device),
+            "versions": versions(),
+        }
+
+    def write_results(self, config: Any, metrics: dict[str, Any]) -> Path | None:
+        """Write ``OUT/results.json`` atomically; returns its path (None without ``out_dir``)."""
+        payload = self.results(config, metrics)
+        if self.out_dir is None:
+            return None
+        path = self.out_dir / "results.json"
+        write_json_atomic(path, payload)
+        return path
+
+
+def remove_if_created(out_dir: Path, existed_before: bool) -> None:
+    """Remove a run folder this invocation created, so bad input leaves nothing half-written."""
+    if not existed_before and out_dir.exists():
+        shutil.rmtree(out_dir, ignore_errors=True)
