@@ -1,0 +1,62 @@
+"""Datasets, dataset specs, samplers and perturbation stores.
+
+Every dataset yields float images in [0, 1], shape ``(C, H, W)``: classification items are
+``(image, label)``, caption items ``(image, caption, image_id)`` (one per image-caption pair).
+
+Example:
+    >>> from obstructlib.data import load_dataset
+    >>> train = load_dataset("synthetic-captions", split="train", num_train=50)
+    >>> image, caption, image_id = train[0]
+"""
+
+from obstructlib.data import folders, vision  # noqa: F401  (import registers their datasets)
+from obstructlib.data.base import (
+    ArrayImageDataset,
+    dataset_info,
+    dataset_kind,
+    default_data_root,
+    list_datasets,
+    load_dataset,
+    register_dataset,
+    to_float_image,
+)
+from obstructlib.data.captions import CaptionDataset, default_templates, templated_captions
+from obstructlib.data.embedded import COLORS, DOMAINS, SHAPES, SUPERCLASSES, SyntheticShapes, generate_shapes
+from obstructlib.data.sampler import EpisodeSampler, episode_labels
+from obstructlib.data.store import PerturbationStore, export_protected
+from obstructlib.data.wrappers import (
+    IndexedDataset,
+    LabelledSubset,
+    TransformDataset,
+    labels_of,
+    seeded_subset,
+)
+
+__all__ = [
+    "COLORS",
+    "DOMAINS",
+    "SHAPES",
+    "SUPERCLASSES",
+    "ArrayImageDataset",
+    "CaptionDataset",
+    "EpisodeSampler",
+    "IndexedDataset",
+    "LabelledSubset",
+    "PerturbationStore",
+    "SyntheticShapes",
+    "TransformDataset",
+    "dataset_info",
+    "dataset_kind",
+    "default_data_root",
+    "default_templates",
+    "episode_labels",
+    "export_protected",
+    "generate_shapes",
+    "labels_of",
+    "list_datasets",
+    "load_dataset",
+    "register_dataset",
+    "seeded_subset",
+    "templated_captions",
+    "to_float_image",
+]

@@ -1,0 +1,550 @@
+"""Image-caption datasets: one item per (image, caption) pair, plus their on-disk loaders.
+
+Registered names (layouts under ``root``; ``python data_scripts/NAME.py --root ROOT`` fetches them):
+
+- ``flickr8k`` / ``flickr30k``: ``ROOT/flickr8k/{images/*.jpg, dataset_flickr8k.json}`` (Karpathy split).
+- ``coco_captions``: ``ROOT/coco/{dataset_coco.json, train2014/, val2014/}`` (Karpathy split), else the
+  official ``ROOT/coco/annotations/captions_{train,val}2017.json`` with ``ROOT/coco/{train,val}2017/``.
+- ``cc3m``: ``ROOT/cc3m/captions.csv`` plus the images it points to.
+- ``csv:PATH``: columns ``image,caption[,split]``, image paths relative to the CSV.
+
+Split semantics: ``"train"`` reads the Karpathy ``train`` and ``restval`` images; ``"test"`` reads
+``test`` (the official COCO-2017 annotations have no test captions, so ``"test"`` reads val2017). A CSV
+``split`` column may say ``train``/``restval`` or ``test``; ``val``/``validation`` rows count as test
+when the file has no ``test`` rows. Without a split column the split is by IMAGE: a seeded
+permutation of the distinct images puts ``round(0.2 * num_images)`` of them in test, so all captions
+of an image land on the same side (no caption of a test image leaks into training).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from obstructlib.data.base import missing, register_dataset, register_prefix, to_float_image
+from obstructlib.errors import ConfigError, DatasetNotFoundError
+
+ImageSource = np.ndarray | Sequence[str | Path] | Dataset
+
+
+def _resize_short_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Float ``(C, H, W)``: resize the shorter side to ``size``, then center-crop a square."""
+    h, w = x.shape[-2:]
+    if (h, w) == (size, size):
+        return x
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0]
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return x[:, top : top + size, left : left + size].clamp_(0.0, 1.0)
+
+
+def _decode_file(path: str | Path, size: int | None) -> np.ndarray:
+    """An image file as uint8 ``(H, W, 3)``, shorter side resized to ``size`` and center-cropped."""
+    with Image.open(path) as im:
+        if size is not None:
+            im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale >= size (much faster)
+        im = im.convert("RGB")
+        if size is not None:
+            w, h = im.size
+            scale = size / min(w, h)
+            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+            im = im.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
+            left, top = (nw - size) // 2, (nh - size) // 2
+            im = im.crop((left, top, left + size, top + size))
+        return np.array(im, dtype=np.uint8)  # a writable copy (torch warns on read-only arrays)
+
+
+class CaptionDataset(Dataset):
+    """Image-caption pairs: item ``i`` is ``(image, captions[i], image_ids[i])``.
+
+    Images are held once per distinct image, backed by a uint8 NHWC array (small sets), a list of
+    image files decoded on access (large sets), or another dataset whose items start with a float
+    image (:func:`templated_captions`). ``in_memory=True`` decodes every image once into a uint8 array.
+
+    Args:
+        images: uint8 array ``(num_images, H, W, C)``, a list of ``num_images`` file paths, or a dataset.
+        captions: one string per pair.
+        image_ids: per pair, the index (``0..num_images-1``) of its image.
+        labels: optional int class label per pair (for zero-shot accuracy); ``classes`` names them.
+        image_size: shorter side resized to this many pixels, then center-cropped square; None keeps it.
+        transform: optional callable on the float ``(C, H, W)`` image (augmentation).
+        in_memory: decode all images once at construction into a uint8 array (needs equal sizes).
+        progress: show a progress bar while decoding for ``in_memory``.
+
+    Shape:
+        An item is ``(image float (C, H, W) in [0, 1], caption str, image_id int)``.
+
+    Example:
+        >>> ds = CaptionDataset(np.zeros((2, 8, 8, 3), np.uint8), ["a", "b", "c"], [0, 0, 1])
+        >>> ds[2][1:], ds.num_images, ds.pair_indices_of_image(0).tolist()
+        (('c', 1), 2, [0, 1])
+    """
+
+    def __init__(
+        self,
+        images: ImageSource,
+        captions: Sequence[str],
+        image_ids: Sequence[int] | np.ndarray,
+        *,
+        labels: Sequence[int] | np.ndarray | None = None,
+        classes: Sequence[str] | None = None,
+        image_size: int | None = None,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        in_memory: bool = False,
+        progress: bool = False,
+    ) -> None:
+        # Exactly one backing: a uint8 array, file paths, or a source dataset (+ index map).
+        self._array: np.ndarray | None = None
+        self._paths: list[str] | None = None
+        self._source: Dataset | None = None
+        self._source_index: np.ndarray | None = None
+        if isinstance(images, np.ndarray):
+            if images.dtype != np.uint8 or images.ndim != 4:
+                raise ConfigError(
+                    f"caption images must be a uint8 (N, H, W, C) array (got {images.dtype} {images.shape})"
+                )
+            self._array = images
+        elif isinstance(images, torch.utils.data.Subset):  # read through to the base's get_image
+            self._source, self._source_index = images.dataset, np.asarray(images.indices, np.int64)
+        elif isinstance(images, Dataset):
+            self._source, self._source_index = images, np.arange(len(images))
+        else:
+            self._paths = [str(p) for p in images]
+        self.captions = [str(c) for c in captions]
+        self.image_ids = np.asarray(image_ids, dtype=np.int64).reshape(-1)
+        if len(self.image_ids) != len(self.captions):
+            raise ConfigError(
+                f"{len(self.captions)} captions but {len(self.image_ids)} image ids: the two must match"
+            )
+        backing = next(b for b in (self._array, self._paths, self._source_index) if b is not None)
+        self.num_images = len(backing)
+        if len(self.image_ids) and (self.image_ids.min() < 0 or self.image_ids.max() >= self.num_images):
+            raise ConfigError(f"image ids must lie in 0..{self.num_images - 1}: fix the pair list")
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        if self.labels is not None and len(self.labels) != len(self.captions):
+            raise ConfigError(
+                f"{len(self.captions)} captions but {len(self.labels)} labels: the two must match"
+            )
+        self.classes = list(classes) if classes is not None else []
+        self.image_size = image_size
+        self.transform = transform
+        # Names of per-image array attributes (e.g. ``domains``) that subset_images carries along.
+        self.per_image_attributes: list[str] = []
+        # Pairs grouped by image (stable), for pair_indices_of_image without a scan per call.
+        self._order = np.argsort(self.image_ids, kind="stable")
+        self._starts = np.searchsorted(self.image_ids[self._order], np.arange(self.num_images + 1))
+        if in_memory and self._array is None:
+            self.decode_all(progress=progress)
+
+    # ---- images -------------------------------------------------------------------------
+    def decode_all(self, progress: bool = False) -> CaptionDataset:
+        """Decode every image once into a uint8 array (the decode-once cache); returns self."""
+        if self._array is not None:
+            return self
+        items = [
+            self._decode_uint8(i) for i in tqdm(range(self.num_images), disable=not progress, desc="decode")
+        ]
+        if len({a.shape for a in items}) > 1:
+            raise ConfigError("images differ in size: pass image_size=N to cache them in memory")
+        self._array = np.stack(items) if items else np.zeros((0, 1, 1, 3), np.uint8)
+        self._paths, self._source, self._source_index = None, None, None
+        return self
+
+    def _decode_uint8(self, i: int) -> np.ndarray:
+        if self._paths is not None:
+            return _decode_file(self._paths[i], self.image_size)
+        x = self.get_image(i)
+        return (x.permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
+
+    def get_image(self, image_index: int) -> torch.Tensor:
+        """The float ``(C, H, W)`` image ``image_index`` (in ``0..num_images-1``), before ``transform``."""
+        if self._array is not None:
+            x = to_float_image(self._array[image_index])
+        elif self._paths is not None:
+            return to_float_image(_decode_file(self._paths[image_index], self.image_size))
+        else:
+            src, j = self._source, int(self._source_index[image_index])
+            x = src.get_image(j) if hasattr(src, "get_image") else src[j][0]
+        return x if self.image_size is None else _resize_short_crop(x, self.image_size)
+
+    @property
+    def image_paths(self) -> list[str] | None:
+        """The image files when backed by files (None once cached in memory or array-backed)."""
+        return self._paths
+
+    # ---- pairs --------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str, int]:
+        image_id = int(self.image_ids[index])
+        x = self.get_image(image_id)
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, self.captions[index], image_id
+
+    def pair_indices_of_image(self, image_index: int) -> np.ndarray:
+        """Indices of the pairs whose image is ``image_index`` (int64, ascending)."""
+        return self._order[self._starts[image_index] : self._starts[image_index + 1]]
+
+    @property
+    def caption_counts(self) -> np.ndarray:
+        """Number of captions of each image, int64 ``(num_images,)``."""
+        return np.diff(self._starts)
+
+    @property
+    def captions_per_image(self) -> int:
+        """Captions per image (the exact count when uniform, else the rounded mean)."""
+        return round(len(self) / max(self.num_images, 1))
+
+    @property
+    def image_labels(self) -> np.ndarray | None:
+        """The label of each image (from its first pair), or None without labels."""
+        if self.labels is None:
+            return None
+        first = self._order[np.minimum(self._starts[:-1], max(len(self) - 1, 0))]
+        return self.labels[first] if len(self) else self.labels[:0]
+
+    def image_dataset(self) -> Dataset:
+        """A dataset over the distinct images: item ``j`` is ``(image, j)`` (encode each image once)."""
+        return _ImageView(self)
+
+    def subset_images(self, image_indices: Sequence[int] | np.ndarray) -> CaptionDataset:
+        """Keep the chosen images with ALL their captions; image ids are re-indexed 0..k-1 in the given order.
+
+        Example:
+            >>> ds = CaptionDataset(np.zeros((3, 4, 4, 3), np.uint8), list("abcdef"), [0, 0, 1, 1, 2, 2])
+            >>> ds.subset_images([2, 0]).captions
+            ['e', 'f', 'a', 'b']
+        """
+        keep = np.asarray(image_indices, dtype=np.int64).reshape(-1)
+        if len(np.unique(keep)) != len(keep) or (
+            len(keep) and (keep.min() < 0 or keep.max() >= self.num_images)
+        ):
+            raise ConfigError(f"subset_images needs distinct image indices in 0..{self.num_images - 1}")
+        pairs = [self.pair_indices_of_image(int(i)) for i in keep]
+        pair_idx = np.concatenate(pairs) if pairs else np.zeros(0, np.int64)
+        new_ids = np.repeat(np.arange(len(keep)), [len(p) for p in pairs])
+        if self._array is not None:
+            images: ImageSource = np.ascontiguousarray(self._array[keep])
+        elif self._paths is not None:
+            images = [self._paths[i] for i in keep]
+        else:
+            images = torch.utils.data.Subset(self._source, self._source_index[keep].tolist())
+        out = CaptionDataset(
+            images,
+            [self.captions[i] for i in pair_idx],
+            new_ids,
+            labels=None if self.labels is None else self.labels[pair_idx],
+            classes=self.classes,
+            image_size=self.image_size,
+            transform=self.transform,
+        )
+        for name in self.per_image_attributes:  # per-image extras (domains, colors ...) follow the images
+            setattr(out, name, np.asarray(getattr(self, name))[keep])
+        out.per_image_attributes = list(self.per_image_attributes)
+        for name in ("superclasses", "superclass_of"):  # per-class extras are unchanged
+            if hasattr(self, name):
+                setattr(out, name, getattr(self, name))
+        return out
+
+
+class _ImageView(Dataset):
+    def __init__(self, parent: CaptionDataset) -> None:
+        self.parent = parent
+
+    def __len__(self) -> int:
+        return self.parent.num_images
+
+    def __getitem__(self, j: int) -> tuple[torch.Tensor, int]:
+        return self.parent.get_image(j), j
+
+
+# ---- templated captions for classification data ----------------------------------------
+_FALLBACK_TEMPLATES = (
+    "a photo of a {}.",
+    "a blurry photo of a {}.",
+    "a low resolution photo of the {}.",
+    "a close-up photo of a {}.",
+    "a photo of the small {}.",
+    "a photo of the large {}.",
+    "a bright photo of a {}.",
+    "a cropped photo of the {}.",
+)
+
+
+def default_templates() -> list[Callable[[str], str]]:
+    """The 80 OpenAI ImageNet prompt templates shipped with open_clip (a short built-in list without it)."""
+    try:
+        from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+        return list(OPENAI_IMAGENET_TEMPLATES)
+    except ImportError:  # open_clip is optional for the data layer
+        return [t.format for t in _FALLBACK_TEMPLATES]
+
+
+def templated_captions(
+    dataset: Dataset,
+    templates: Sequence[str | Callable[[str], str]] | None = None,
+    classes: Sequence[str] | None = None,
+    captions_per_image: int = 1,
+    seed: int = 0,
+    *,
+    image_size: int | None = None,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    in_memory: bool = False,
+) -> CaptionDataset:
+    """Turn a classification dataset into image-caption pairs with CLIP prompt templates.
+
+    Each image gets ``captions_per_image`` distinct templates drawn with a seeded generator, filled
+    with its class name (underscores become spaces). Labels and classes are kept per pair so the
+    same data gives zero-shot accuracy. Images are read lazily from ``dataset`` (labels come from its
+    ``labels``/``targets`` attribute when present, so nothing is decoded up front unless ``in_memory``).
+
+    Args:
+        dataset: items ``(image float (C, H, W), label int)`` with a ``classes`` attribute.
+        templates: strings with ``{}`` or callables ``name -> caption``; default :func:`default_templates`.
+        classes: class names overriding ``dataset.classes``.
+        captions_per_image: captions (pairs) per image, at least 1.
+        seed: seed of the template draw (same seed, same captions).
+        image_size, transform, in_memory: as :class:`CaptionDataset` (the source's own transform
+            is skipped when it has ``get_image``).
+
+    Example:
+        >>> from obstructlib.data.base import ArrayImageDataset
+        >>> src = ArrayImageDataset(np.zeros((2, 4, 4, 3), np.uint8), [0, 1], ["tabby_cat", "dog"])
+        >>> templated_captions(src, ["a photo of a {}."]).captions
+        ['a photo of a tabby cat.', 'a photo of a dog.']
+    """
+    from obstructlib.data.wrappers import labels_of
+
+    if captions_per_image < 1:
+        raise ConfigError(f"captions_per_image={captions_per_image} must be at least 1")
+    fns = [t.format if isinstance(t, str) else t for t in (templates or default_templates())]
+    if not fns:
+        raise ConfigError("templates is empty: pass at least one template such as 'a photo of a {}.'")
+    labels = labels_of(dataset)
+    if labels is None:  # no label attribute: read the labels item by item (decodes the images)
+        labels = np.asarray([int(dataset[i][1]) for i in range(len(dataset))], dtype=np.int64)
+    names = list(classes if classes is not None else getattr(dataset, "classes", []))
+    if not names:
+        names = [str(c) for c in range(int(labels.max()) + 1)]
+    names = [str(n).replace("_", " ").strip() for n in names]
+    if len(labels) and labels.max() >= len(names):
+        raise ConfigError(
+            f"label {int(labels.max())} has no class name: pass classes with {int(labels.max()) + 1} names"
+        )
+    rng = np.random.default_rng(seed)
+    k = captions_per_image
+    # Distinct templates per image when possible (argsort of uniforms = a permutation per row).
+    if k <= len(fns):
+        picks = np.argsort(rng.random((len(labels), len(fns))), axis=1)[:, :k]
+    else:
+        picks = rng.integers(0, len(fns), size=(len(labels), k))
+    captions = [fns[t](names[y]) for y, row in zip(labels.tolist(), picks.tolist()) for t in row]
+    return CaptionDataset(
+        dataset,
+        captions,
+        np.repeat(np.arange(len(labels)), k),
+        labels=np.repeat(labels, k),
+        classes=names,
+        image_size=image_size,
+        transform=transform,
+        in_memory=in_memory,
+    )
+
+
+# ---- loaders -------------------------------------------------------------------------------
+def _check_files(name: str, paths: Sequence[str], listed_in: Path, fetch: str = "") -> None:
+    absent = [p for p in paths if not os.path.exists(p)]
+    if absent:
+        how = f"fetch them with: {fetch}" if fetch else "put the images next to it or fix the paths"
+        raise DatasetNotFoundError(
+            f"{name}: {len(absent)} of {len(paths)} images listed in {listed_in} are missing "
+            f"(first: {absent[0]}): {how}"
+        )
+
+
+def _from_records(
+    name: str, records: list[tuple[str, list[str]]], listed_in: Path, fetch: str, **kwargs: Any
+) -> CaptionDataset:
+    """Build a dataset from ``(image path, [captions])`` records, checking the files exist."""
+    paths = [p for p, _ in records]
+    _check_files(name, paths, listed_in, fetch)
+    caps = [c for _, cs in records for c in cs]
+    ids = np.repeat(np.arange(len(records)), [len(cs) for _, cs in records])
+    return CaptionDataset(paths, caps, ids, **kwargs)
+
+
+_TRAIN_NAMES, _TEST_NAMES, _VAL_NAMES = {"train", "restval"}, {"test"}, {"val", "validation", "valid"}
+
+
+@register_prefix("csv")
+def load_caption_csv(
+    path: Path,
+    split: str = "train",
+    *,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    name: str | None = None,
+    fetch: str = "",
+    **kwargs: Any,
+) -> CaptionDataset:
+    """``csv:PATH``: rows ``image,caption[,split]``, image paths relative to the CSV.
+
+    Args:
+        path: the CSV file (or a folder holding ``captions.csv``).
+        split: ``"train"`` or ``"test"`` (see the module docstring for the split rules).
+        seed: seed of the by-image split when the CSV has no ``split`` column.
+        test_fraction: fraction of the distinct images held out in that case (0.2).
+        **kwargs: passed to :class:`CaptionDataset` (``image_size``, ``transform``, ``in_memory`` ...).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "captions.csv"
+    name = name or f"csv:{path}"
+    if not path.is_file():
+        raise (
+            missing(name, path, fetch)
+            if fetch
+            else DatasetNotFoundError(f"caption CSV {path} does not exist: check the path after 'csv:'")
+        )
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: tolerate an Excel BOM
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in reader.fieldnames or []]
+        lacking = [c for c in ("image", "caption") if c not in header]
+        if lacking:
+            raise ConfigError(
+                f"{path} lacks column(s) {', '.join(lacking)}: the header must be image,caption[,split]"
+            )
+        rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+    groups: dict[str, list[str]] = {}
+    split_of: dict[str, str] = {}
+    for r in rows:
+        groups.setdefault(r["image"], []).append(r["caption"])
+        split_of.setdefault(r["image"], r.get("split", "").lower())
+    images = list(groups)
+    if "split" in header:
+        values = set(split_of.values())
+        test_names = _TEST_NAMES if values & _TEST_NAMES else _TEST_NAMES | _VAL_NAMES
+        wanted = _TRAIN_NAMES if split == "train" else test_names
+        chosen = [im for im in images if split_of[im] in wanted]
+    else:
+        # Split by image (not by row) so that no caption of a test image is trained on.
+        perm = np.random.default_rng(seed).permutation(len(images))
+        is_test = np.zeros(len(images), bool)
+        is_test[perm[: round(test_fraction * len(images))]] = True
+        chosen = [im for im, t in zip(images, is_test) if t == (split == "test")]
+    records = [(str(path.parent / im), groups[im]) for im in chosen]
+    return _from_records(name, records, path, fetch, **kwargs)
+
+
+def _fetch(name: str, root: Path) -> str:
+    return f"python data_scripts/{name}.py --root {root}"
+
+
+def _karpathy(
+    name: str, json_path: Path, image_dir: Callable[[dict], Path], split: str, fetch: str, **kw: Any
+) -> CaptionDataset:
+    with open(json_path, encoding="utf-8") as f:
+        entries = json.load(f)["images"]
+    wanted = _TRAIN_NAMES if split == "train" else _TEST_NAMES
+    records = [
+        (str(image_dir(e) / e["filename"]), [s["raw"].strip() for s in e["sentences"]])
+        for e in entries
+        if e.get("split") in wanted
+    ]
+    return _from_records(name, records, json_path, fetch, **kw)
+
+
+def _flickr(name: str, root: Path, split: str, **kw: Any) -> CaptionDataset:
+    base = Path(root) / name
+    js = base / f"dataset_{name}.json"
+    if not js.is_file():
+        raise missing(name, js, _fetch(name, root))
+    # images/ is the layout data_scripts writes; the other names are how the archives unpack.
+    alternatives = ["images", "Flicker8k_Dataset", "Flickr8k_Dataset", "flickr30k-images", "Images"]
+    img_dir = next((base / d for d in alternatives if (base / d).is_dir()), base / "images")
+    return _karpathy(name, js, lambda e: img_dir, split, _fetch(name, root), **kw)
+
+
+@register_dataset(
+    "flickr8k",
+    kind="captions",
+    fetch="python data_scripts/flickr8k.py --root {root}",
+    description="Flickr8k, 8,091 images x 5 captions (Karpathy split)",
+)
+def load_flickr8k(root: Path, split: str = "train", **kw: Any) -> CaptionDataset:
+    """Flickr8k from ``ROOT/flickr8k/{images/, dataset_flickr8k.json}``; kwargs as :class:`CaptionDataset`."""
+    return _flickr("flickr8k", root, split, **kw)
+
+
+@register_dataset(
+    "flickr30k",
+    kind="captions",
+    fetch="python data_scripts/flickr30k.py --root {root}",
+    description="Flickr30k, 31,783 images x 5 captions (Karpathy split)",
+)
+def load_flickr30k(root: Path, split: str = "train", **kw: Any) -> CaptionDataset:
+    """Flickr30k from ``ROOT/flickr30k/{images/, dataset_flickr30k.json}``; kwargs as for Flickr8k."""
+    return _flickr("flickr30k", root, split, **kw)
+
+
+@register_dataset(
+    "coco_captions",
+    kind="captions",
+    subdir="coco",
+    fetch="python data_scripts/coco_captions.py --root {root}",
+    description="MS-COCO captions (Karpathy split, or the official 2017 annotations)",
+)
+def load_coco_captions(root: Path, split: str = "train", **kw: Any) -> CaptionDataset:
+    """COCO captions: Karpathy ``dataset_coco.json`` if present, else the official 2017 annotations.
+
+    ``"train"`` = Karpathy train + restval (or train2017); ``"test"`` = Karpathy test (or val2017).
+    """
+    base, fetch = Path(root) / "coco", _fetch("coco_captions", root)
+    karpathy = base / "dataset_coco.json"
+    if karpathy.is_file():
+        return _karpathy(
+            "coco_captions", karpathy, lambda e: base / e.get("filepath", ""), split, fetch, **kw
+        )
+    part = "train2017" if split == "train" else "val2017"
+    ann = base / "annotations" / f"captions_{part}.json"
+    if not ann.is_file():
+        raise missing("coco_captions", base, fetch)
+    with open(ann, encoding="utf-8") as f:
+        data = json.load(f)
+    caps: dict[int, list[str]] = {}
+    for a in data["annotations"]:
+        caps.setdefault(int(a["image_id"]), []).append(a["caption"].strip())
+    records = [
+        (str(base / part / im["file_name"]), caps[int(im["id"])])
+        for im in data["images"]
+        if int(im["id"]) in caps
+    ]
+    return _from_records("coco_captions", records, ann, fetch, **kw)
+
+
+@register_dataset(
+    "cc3m",
+    kind="captions",
+    fetch="python data_scripts/cc3m.py --root {root}",
+    description="Conceptual Captions 3M (image,caption[,split] CSV from img2dataset)",
+)
+def load_cc3m(root: Path, split: str = "train", **kw: Any) -> CaptionDataset:
+    """CC3M from ``ROOT/cc3m/captions.csv`` (same rules as ``csv:PATH``)."""
+    return load_caption_csv(
+        Path(root) / "cc3m" / "captions.csv", split, name="cc3m", fetch=_fetch("cc3m", root), **kw
+    )
