@@ -104,7 +104,10 @@ class CaptionDataset(Dataset):
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         in_memory: bool = False,
         progress: bool = False,
+        templates: Sequence[Any] | None = None,
     ) -> None:
+        # Zero-shot prompts that match how this set's captions name a class (None: CLIP's defaults).
+        self.templates = None if templates is None else list(templates)
         # Exactly one backing: a uint8 array, file paths, or a source dataset (+ index map).
         self._array: np.ndarray | None = None
         self._paths: list[str] | None = None
@@ -251,6 +254,7 @@ class CaptionDataset(Dataset):
             classes=self.classes,
             image_size=self.image_size,
             transform=self.transform,
+            templates=self.templates,
         )
         for name in self.per_image_attributes:  # per-image extras (domains, colors ...) follow the images
             setattr(out, name, np.asarray(getattr(self, name))[keep])
@@ -363,6 +367,7 @@ def templated_captions(
         image_size=image_size,
         transform=transform,
         in_memory=in_memory,
+        templates=list(templates or default_templates()),
     )
 
 

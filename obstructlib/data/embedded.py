@@ -283,6 +283,10 @@ _CAPTIONS = (
 )
 
 
+# Prompts for zero-shot classification of the shape, worded like the captions above.
+ZERO_SHOT_TEMPLATES = ("a {}", "a picture of a {}", "an image showing one {}", "a {} on a background")
+
+
 def _split_args(split: str, num_train: int, num_test: int) -> int:
     n = num_train if split == "train" else num_test
     if n < 1:
@@ -368,6 +372,7 @@ def load_synthetic_captions(
         np.repeat(np.arange(n), captions_per_image),
         labels=np.repeat(gen["labels"], captions_per_image),
         classes=list(SHAPES),
+        templates=ZERO_SHOT_TEMPLATES,
         **kwargs,
     )
     for name in ("superclasses", "superclass_of", "superclass_labels", "domains", "colors", "sizes"):

@@ -1,0 +1,69 @@
+"""Training and evaluation loops, checkpoints, seeding, autocast and distributed helpers.
+
+- :mod:`~obstructlib.engine.utils`: ``seed_everything``, ``resolve_device``, ``autocast`` (the
+  one AMP helper: bf16 on CUDA, a no-op on CPU), RNG snapshots, ``count_parameters``.
+- :mod:`~obstructlib.engine.checkpoint`: atomic ``save_checkpoint``/``load_checkpoint``
+  (safetensors weights + a ``weights_only``-loadable state file).
+- :mod:`~obstructlib.engine.classifier`: ``train_one_epoch``, ``evaluate``, ``fit_classifier``.
+- :mod:`~obstructlib.engine.clip`: ``clip_loss``, ``fit_clip``, ``encode_dataset``, ``evaluate_clip``.
+- :mod:`~obstructlib.engine.distributed`: ``torchrun`` helpers (no-ops in a single process).
+"""
+
+from obstructlib.engine.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from obstructlib.engine.classifier import ClassifierTrainConfig, evaluate, fit_classifier, train_one_epoch
+from obstructlib.engine.clip import ClipTrainConfig, clip_loss, encode_dataset, evaluate_clip, fit_clip
+from obstructlib.engine.distributed import (
+    DistInfo,
+    all_gather_with_grad,
+    barrier,
+    cleanup,
+    epoch_loader,
+    get_rank,
+    get_world_size,
+    init_distributed,
+    is_main_process,
+    unwrap,
+)
+from obstructlib.engine.utils import (
+    amp_dtype,
+    autocast,
+    count_parameters,
+    grad_scaler,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+
+__all__ = [
+    "ClassifierTrainConfig",
+    "ClipTrainConfig",
+    "DistInfo",
+    "all_gather_with_grad",
+    "amp_dtype",
+    "autocast",
+    "barrier",
+    "cleanup",
+    "clip_loss",
+    "count_parameters",
+    "encode_dataset",
+    "epoch_loader",
+    "evaluate",
+    "evaluate_clip",
+    "fit_classifier",
+    "fit_clip",
+    "get_rank",
+    "get_world_size",
+    "grad_scaler",
+    "has_checkpoint",
+    "init_distributed",
+    "is_main_process",
+    "load_checkpoint",
+    "resolve_device",
+    "rng_state",
+    "save_checkpoint",
+    "seed_everything",
+    "set_rng_state",
+    "train_one_epoch",
+    "unwrap",
+]

@@ -1,0 +1,60 @@
+"""The interface contract of the `obstruct` command."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from obstructlib.cli import main
+
+TINY = ["--no-progress", "--set", "train.steps=4", "--set", "train.batch_size=16",
+        "--set", "max_train_samples=48", "--set", "max_test_samples=16", "--set", "train.ckpt_every=2"]
+
+
+def test_info_lists_datasets_and_fetch_commands(capsys, tmp_path):
+    assert main(["info", "--json", "--data-root", str(tmp_path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["profile"] == "quick" and report["device"]["type"] == "cpu"
+    assert report["datasets"]["digits"]["present"]
+    cifar = report["datasets"]["cifar10"]
+    assert not cifar["present"] and "data_scripts/cifar10.py" in cifar["fetch"] and str(tmp_path) in cifar["fetch"]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["clip", "--set", "train.steps"], "key=value"),
+    (["clip", "--set", "nope=1"], "unknown key"),
+    (["clip", "--set", "image_size=4"], "outside"),
+    (["clip", "--dataset", "imagenet21k"], "unknown dataset"),
+    (["clip", "--dataset", "npz:/no/such/file.npz"], "/no/such/file.npz"),
+    (["clip", "--dataset", "cifar10"], "data_scripts/cifar10.py"),
+])
+def test_bad_input_exits_2_with_one_line_and_leaves_nothing(argv, words, tmp_path, capsys):
+    out = tmp_path / "run"
+    status = main([*argv, "--out", str(out), "--data-root", str(tmp_path / "data"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert status == 2
+    assert len(err.splitlines()) == 1 and words in err, err
+    assert not out.exists()
+
+
+def test_argparse_errors_are_one_line_with_status_2():
+    res = subprocess.run([sys.executable, "-m", "obstructlib", "clip", "--profile", "huge"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_clip_run_writes_results_and_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["clip", "--out", str(out), *TINY]) == 0
+    results = json.loads((out / "results.json").read_text())
+    for key in ("command", "profile", "config", "metrics", "timings_s", "device", "versions"):
+        assert key in results
+    assert results["command"] == "clip" and results["config"]["train"]["steps"] == 4
+    assert {"i2t_r1", "t2i_r1", "zero_shot_acc", "chance"} <= set(results["metrics"])
+    # Re-running with the same --out resumes from the final checkpoint: no training step is repeated.
+    assert main(["clip", "--out", str(out), *TINY]) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert again["timings_s"]["train"] < max(1.0, results["timings_s"]["train"])
+    assert again["metrics"]["i2t_r1"] == results["metrics"]["i2t_r1"]
