@@ -319,6 +319,39 @@ def fetch_and_extract(
         archive.unlink()
 
 
+def fetch_md5_archive_main(
+    argv: Sequence[str] | None,
+    *,
+    name: str,
+    description: str,
+    url: str,
+    archive_md5: str,
+    folder: str,
+    files: dict[str, str],
+) -> int:
+    """The whole script for a dataset shipped as one archive that unpacks to ``ROOT/folder``.
+
+    Skips the download when every file of ``files`` (name -> MD5) is there; otherwise fetches and
+    extracts ``url`` (checked against ``archive_md5``) and checks every file's MD5.
+    """
+    parser = make_parser(name, description)
+    parser.add_argument("--keep-archive", action="store_true", help="keep the .tar.gz after extraction")
+    args = parser.parse_args(argv)
+    root = Path(args.root)
+    target = root / folder
+    if already_present(name, (target / f for f in files), target):
+        return 0
+    archive = root / url.rsplit("/", 1)[-1]
+    fetch_and_extract(
+        url, archive, root, md5=archive_md5, keep_archive=args.keep_archive, progress=not args.no_progress
+    )
+    for fname, md5 in files.items():
+        if checksum_error(target / fname, md5, None):
+            raise FetchError(f"{target / fname} is corrupt: delete {target} and re-run")
+    say(f"{name}: ready at {target}")
+    return 0
+
+
 # --------------------------------------------------------------------------- script plumbing
 
 

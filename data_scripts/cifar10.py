@@ -3,17 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
-from _common import (
-    FetchError,
-    already_present,
-    checksum_error,
-    fetch_and_extract,
-    make_parser,
-    run_script,
-    say,
-)
+from _common import fetch_md5_archive_main, run_script
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -40,22 +31,15 @@ Writes: ROOT/cifar-10-batches-py/{{data_batch_1..5,test_batch,batches.meta}} (MD
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser("cifar10", DESCRIPTION)
-    parser.add_argument("--keep-archive", action="store_true", help="keep the .tar.gz after extraction")
-    args = parser.parse_args(argv)
-    root = Path(args.root)
-    folder = root / "cifar-10-batches-py"
-    if already_present("cifar10", (folder / f for f in FILES), folder):
-        return 0
-    archive = root / "cifar-10-python.tar.gz"
-    fetch_and_extract(
-        URL, archive, root, md5=ARCHIVE_MD5, keep_archive=args.keep_archive, progress=not args.no_progress
+    return fetch_md5_archive_main(
+        argv,
+        name="cifar10",
+        description=DESCRIPTION,
+        url=URL,
+        archive_md5=ARCHIVE_MD5,
+        folder="cifar-10-batches-py",
+        files=FILES,
     )
-    for name, md5 in FILES.items():
-        if checksum_error(folder / name, md5, None):
-            raise FetchError(f"{folder / name} is corrupt: delete {folder} and re-run")
-    say(f"cifar10: ready at {folder}")
-    return 0
 
 
 if __name__ == "__main__":

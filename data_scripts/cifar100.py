@@ -3,17 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
-from _common import (
-    FetchError,
-    already_present,
-    checksum_error,
-    fetch_and_extract,
-    make_parser,
-    run_script,
-    say,
-)
+from _common import fetch_md5_archive_main, run_script
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 ARCHIVE_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
@@ -36,22 +27,15 @@ Writes: ROOT/cifar-100-python/{{train,test,meta}} (fine and coarse labels; MD5-c
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser("cifar100", DESCRIPTION)
-    parser.add_argument("--keep-archive", action="store_true", help="keep the .tar.gz after extraction")
-    args = parser.parse_args(argv)
-    root = Path(args.root)
-    folder = root / "cifar-100-python"
-    if already_present("cifar100", (folder / f for f in FILES), folder):
-        return 0
-    archive = root / "cifar-100-python.tar.gz"
-    fetch_and_extract(
-        URL, archive, root, md5=ARCHIVE_MD5, keep_archive=args.keep_archive, progress=not args.no_progress
+    return fetch_md5_archive_main(
+        argv,
+        name="cifar100",
+        description=DESCRIPTION,
+        url=URL,
+        archive_md5=ARCHIVE_MD5,
+        folder="cifar-100-python",
+        files=FILES,
     )
-    for name, md5 in FILES.items():
-        if checksum_error(folder / name, md5, None):
-            raise FetchError(f"{folder / name} is corrupt: delete {folder} and re-run")
-    say(f"cifar100: ready at {folder}")
-    return 0
 
 
 if __name__ == "__main__":

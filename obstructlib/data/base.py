@@ -14,9 +14,10 @@ Images leave every dataset as float tensors in [0, 1], shape ``(C, H, W)``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -129,7 +130,7 @@ class ArrayImageDataset(Dataset):
         y = -1 if self.labels is None else int(self.labels[index])
         return x, y
 
-    def subset(self, indices: Sequence[int] | np.ndarray) -> "ArrayImageDataset":
+    def subset(self, indices: Sequence[int] | np.ndarray) -> ArrayImageDataset:
         """A new dataset over ``indices`` (copies only the selected images)."""
         idx = np.asarray(indices, dtype=np.int64)
         return ArrayImageDataset(
@@ -266,4 +267,4 @@ def register_prefix(prefix: str) -> Callable[[Callable[..., Dataset]], Callable[
 def _import_loaders() -> None:
     # The loader modules register themselves on import; import them lazily to keep
     # `import obstructlib` cheap and free of import cycles.
-    from obstructlib.data import captions, embedded, vision  # noqa: F401
+    from obstructlib.data import caption_sets, captions, embedded, large, vision  # noqa: F401

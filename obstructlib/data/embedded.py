@@ -287,11 +287,12 @@ _CAPTIONS = (
 ZERO_SHOT_TEMPLATES = ("a {}", "a picture of a {}", "an image showing one {}", "a {} on a background")
 
 
-def _split_args(split: str, num_train: int, num_test: int) -> int:
+def _generate_split(split: str, num_train: int, num_test: int, **options: Any) -> dict[str, Any]:
+    # generate_shapes for one split: num_train or num_test images (options: domain, resolution, seed).
     n = num_train if split == "train" else num_test
     if n < 1:
         raise ConfigError(f"num_{split}={n} must be at least 1")
-    return n
+    return generate_shapes(n, split=split, **options)
 
 
 @register_dataset(
@@ -318,10 +319,8 @@ def load_synthetic(
         >>> x.shape, ds.classes[:3], sorted(set(ds.domains.tolist()))
         (torch.Size([3, 32, 32]), ['circle', 'ring', 'ellipse'], ['noise'])
     """
-    n = _split_args(split, num_train, num_test)
-    return SyntheticShapes(
-        generate_shapes(n, domain=domain, resolution=resolution, seed=seed, split=split), **kwargs
-    )
+    gen = _generate_split(split, num_train, num_test, domain=domain, resolution=resolution, seed=seed)
+    return SyntheticShapes(gen, **kwargs)
 
 
 @register_dataset(
@@ -350,8 +349,8 @@ def load_synthetic_captions(
     """
     if not 1 <= captions_per_image <= len(_CAPTIONS):
         raise ConfigError(f"captions_per_image={captions_per_image} must lie in 1..{len(_CAPTIONS)}")
-    n = _split_args(split, num_train, num_test)
-    gen = generate_shapes(n, domain=domain, resolution=resolution, seed=seed, split=split)
+    gen = _generate_split(split, num_train, num_test, domain=domain, resolution=resolution, seed=seed)
+    n = len(gen["labels"])
     meta = SimpleNamespace()
     _describe(meta, gen)
     rng = np.random.default_rng([seed, 0 if split == "train" else 1, 2])

@@ -5,13 +5,15 @@
 - :mod:`~obstructlib.engine.checkpoint`: atomic ``save_checkpoint``/``load_checkpoint``
   (safetensors weights + a ``weights_only``-loadable state file).
 - :mod:`~obstructlib.engine.classifier`: ``train_one_epoch``, ``evaluate``, ``fit_classifier``.
-- :mod:`~obstructlib.engine.clip`: ``clip_loss``, ``fit_clip``, ``encode_dataset``, ``evaluate_clip``.
+- :mod:`~obstructlib.engine.clip`: ``clip_loss``, ``fit_clip``; :mod:`~obstructlib.engine.clip_eval`:
+  ``encode_dataset``, ``evaluate_clip``.
 - :mod:`~obstructlib.engine.distributed`: ``torchrun`` helpers (no-ops in a single process).
 """
 
 from obstructlib.engine.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from obstructlib.engine.classifier import ClassifierTrainConfig, evaluate, fit_classifier, train_one_epoch
-from obstructlib.engine.clip import ClipTrainConfig, clip_loss, encode_dataset, evaluate_clip, fit_clip
+from obstructlib.engine.clip import ClipTrainConfig, clip_loss, fit_clip
+from obstructlib.engine.clip_eval import encode_dataset, evaluate_clip
 from obstructlib.engine.distributed import (
     DistInfo,
     all_gather_with_grad,

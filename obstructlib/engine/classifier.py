@@ -30,6 +30,7 @@ from obstructlib.engine.distributed import (
     all_reduce_sum,
     barrier,
     epoch_loader,
+    full_batches_per_epoch,
     get_world_size,
     is_main_process,
     shard_loader,
@@ -266,15 +267,7 @@ def fit_classifier(
     cfg.validate()
     device = resolve_device(device)
     world = get_world_size()
-    if cfg.batch_size % world:
-        raise ConfigError(
-            f"batch_size={cfg.batch_size} is not divisible by {world} processes: pick a multiple"
-        )
-    steps_per_epoch = len(train_set) // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise ConfigError(
-            f"batch_size={cfg.batch_size} exceeds the {len(train_set)} training items: lower batch_size"
-        )
+    steps_per_epoch = full_batches_per_epoch(len(train_set), cfg.batch_size, "training items")
     model.to(device)
     optimizer = _optimizer(model, cfg)
     scheduler = _scheduler(optimizer, cfg, cfg.epochs * steps_per_epoch)

@@ -23,6 +23,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from obstructlib.errors import ConfigError
+
 __all__ = [
     "DistInfo",
     "all_gather_with_grad",
@@ -71,6 +73,21 @@ def get_rank() -> int:
 def get_world_size() -> int:
     """Number of processes (1 without a process group)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def full_batches_per_epoch(num_items: int, batch_size: int, what: str = "training items") -> int:
+    """Global batches of ``batch_size`` in ``num_items``, checking they split over the processes.
+
+    Raises:
+        ConfigError: ``batch_size`` is not a multiple of the world size, or exceeds ``num_items``.
+    """
+    world = get_world_size()
+    if batch_size % world:
+        raise ConfigError(f"batch_size={batch_size} is not divisible by {world} processes: pick a multiple")
+    steps = num_items // batch_size
+    if steps == 0:
+        raise ConfigError(f"batch_size={batch_size} exceeds the {num_items} {what}: lower batch_size")
+    return steps
 
 
 def is_main_process() -> bool:

@@ -41,6 +41,35 @@ def _stats(in_chans: int, mean: Sequence[float] | None, std: Sequence[float] | N
     return tuple(mean or d_mean), tuple(std or d_std)
 
 
+def _classifier(
+    encoder: nn.Module,
+    num_classes: int,
+    in_chans: int,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    default: tuple,
+) -> ImageClassifier:
+    """``encoder`` plus a linear head, normalising with ``mean``/``std`` (``default`` statistics when None)."""
+    mean, std = _stats(in_chans, mean, std, default)
+    return ImageClassifier(encoder, encoder.num_features, num_classes, mean=mean, std=std, in_chans=in_chans)
+
+
+def _init_convs_fan_out(module: nn.Module, nonlinearity: str = "relu", a: float = 0.0) -> None:
+    # torchvision / kuangliu init: kaiming-normal (fan_out) conv weights, zero conv biases.
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, a=a, mode="fan_out", nonlinearity=nonlinearity)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def _stage(block: type[nn.Module], in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
+    """``blocks`` residual blocks; the first one changes the width and applies ``stride``."""
+    return nn.Sequential(
+        *(block(in_planes if i == 0 else planes, planes, stride if i == 0 else 1) for i in range(blocks))
+    )
+
+
 def _kaiming_init(module: nn.Module) -> None:
     # akamaster's _weights_init: kaiming-normal on every conv and linear weight (biases stay default).
     for m in module.modules():
@@ -70,7 +99,11 @@ class BasicBlockA(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_planes != planes:
-            self.shortcut = _ShortcutA((planes - in_planes) // 2)
+            self.shortcut = self._projection(in_planes, planes, stride)
+
+    @staticmethod
+    def _projection(in_planes: int, planes: int, stride: int) -> nn.Module:
+        return _ShortcutA((planes - in_planes) // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -98,17 +131,10 @@ class CifarResNetEncoder(nn.Module):
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_chans, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
-        self.in_planes = 16
-        self.layer1 = self._make_layer(16, n, 1)
-        self.layer2 = self._make_layer(32, n, 2)
-        self.layer3 = self._make_layer(64, n, 2)
-
-    def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        layers = []
-        for s in [stride] + [1] * (blocks - 1):
-            layers.append(BasicBlockA(self.in_planes, planes, s))
-            self.in_planes = planes
-        return nn.Sequential(*layers)
+        self.layer1 = _stage(BasicBlockA, 16, 16, n, 1)
+        self.layer2 = _stage(BasicBlockA, 16, 32, n, 2)
+        self.layer3 = _stage(BasicBlockA, 32, 64, n, 2)
+        self.num_features = 64
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
@@ -128,9 +154,8 @@ def cifar_resnet(
         mean: normalisation mean; default ImageNet statistics, which the akamaster checkpoints use.
         std: normalisation std.
     """
-    mean, std = _stats(in_chans, mean, std, (IMAGENET_MEAN, IMAGENET_STD))
-    model = ImageClassifier(
-        CifarResNetEncoder(depth, in_chans), 64, num_classes, mean=mean, std=std, in_chans=in_chans
+    model = _classifier(
+        CifarResNetEncoder(depth, in_chans), num_classes, in_chans, mean, std, (IMAGENET_MEAN, IMAGENET_STD)
     )
     _kaiming_init(model)
     return model
@@ -186,25 +211,12 @@ def load_cifar_resnet(
 # ResNet-18 (kuangliu/pytorch-cifar layout: conv1, bn1, layer1..4, shortcut.0/.1, linear)
 
 
-class BasicBlockB(nn.Module):
+class BasicBlockB(BasicBlockA):
     """Two 3x3 conv-BN layers with a 1x1 conv-BN projection shortcut when the shape changes."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+    @staticmethod
+    def _projection(in_planes: int, planes: int, stride: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
 
 
 class ResNet18Encoder(nn.Module):
@@ -233,19 +245,11 @@ class ResNet18Encoder(nn.Module):
         else:
             raise ValueError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
         self.bn1 = nn.BatchNorm2d(width)
-        self.in_planes = width
-        self.layer1 = self._make_layer(width, 2, 1)
-        self.layer2 = self._make_layer(2 * width, 2, 2)
-        self.layer3 = self._make_layer(4 * width, 2, 2)
-        self.layer4 = self._make_layer(8 * width, 2, 2)
+        self.layer1 = _stage(BasicBlockB, width, width, 2, 1)
+        self.layer2 = _stage(BasicBlockB, width, 2 * width, 2, 2)
+        self.layer3 = _stage(BasicBlockB, 2 * width, 4 * width, 2, 2)
+        self.layer4 = _stage(BasicBlockB, 4 * width, 8 * width, 2, 2)
         self.num_features = 8 * width
-
-    def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        layers = []
-        for s in [stride] + [1] * (blocks - 1):
-            layers.append(BasicBlockB(self.in_planes, planes, s))
-            self.in_planes = planes
-        return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
@@ -267,12 +271,9 @@ def resnet18(
         mean: normalisation mean (default CIFAR-10's).
         std: normalisation std.
     """
-    mean, std = _stats(in_chans, mean, std, (CIFAR10_MEAN, CIFAR10_STD))
     enc = ResNet18Encoder(in_chans, stem, width)
-    model = ImageClassifier(enc, enc.num_features, num_classes, mean=mean, std=std, in_chans=in_chans)
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    model = _classifier(enc, num_classes, in_chans, mean, std, (CIFAR10_MEAN, CIFAR10_STD))
+    _init_convs_fan_out(model)
     return model
 
 
@@ -322,13 +323,9 @@ def vgg(
     cfg_name: str, num_classes: int = 10, *, in_chans: int = 3, width_mult: float = 1.0, mean=None, std=None
 ) -> ImageClassifier:
     """VGG-11 / VGG-16 with BatchNorm for 32 px images (512-d features)."""
-    mean, std = _stats(in_chans, mean, std, (CIFAR10_MEAN, CIFAR10_STD))
     enc = VGGEncoder(VGG_CFGS[cfg_name], in_chans, width_mult)
-    model = ImageClassifier(enc, enc.num_features, num_classes, mean=mean, std=std, in_chans=in_chans)
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(m.bias)
+    model = _classifier(enc, num_classes, in_chans, mean, std, (CIFAR10_MEAN, CIFAR10_STD))
+    _init_convs_fan_out(model)
     return model
 
 

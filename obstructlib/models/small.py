@@ -20,7 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from obstructlib.models.cifar_resnet import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, _stats
+from obstructlib.models.cifar_resnet import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    _classifier,
+    _init_convs_fan_out,
+)
 from obstructlib.models.registry import ImageClassifier, register_model
 
 DIGITS_MEAN = (0.5, 0.5, 0.5)
@@ -76,9 +83,8 @@ def digits_cnn(
         mean: normalisation mean (default 0.5).
         std: normalisation std (default 0.5).
     """
-    mean, std = _stats(in_chans, mean, std, (DIGITS_MEAN, DIGITS_STD))
     enc = DigitsCNNEncoder(in_chans, widths, pool_size)
-    return ImageClassifier(enc, enc.num_features, num_classes, mean=mean, std=std, in_chans=in_chans)
+    return _classifier(enc, num_classes, in_chans, mean, std, (DIGITS_MEAN, DIGITS_STD))
 
 
 class ResBlock12(nn.Module):
@@ -121,9 +127,7 @@ class ResNet12Encoder(nn.Module):
             c = w
         self.layers = nn.Sequential(*blocks)
         self.num_features = c
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="leaky_relu", a=0.1)
+        _init_convs_fan_out(self, "leaky_relu", a=0.1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.adaptive_avg_pool2d(self.layers(x), 1).flatten(1)
@@ -147,9 +151,9 @@ def resnet12(
         mean: normalisation mean (default ImageNet's).
         std: normalisation std.
     """
-    mean, std = _stats(in_chans, mean, std, (IMAGENET_MEAN, IMAGENET_STD))
-    enc = ResNet12Encoder(in_chans, widths)
-    return ImageClassifier(enc, enc.num_features, num_classes, mean=mean, std=std, in_chans=in_chans)
+    return _classifier(
+        ResNet12Encoder(in_chans, widths), num_classes, in_chans, mean, std, (IMAGENET_MEAN, IMAGENET_STD)
+    )
 
 
 class ViTEncoder(nn.Module):
@@ -249,6 +253,5 @@ def small_vit(
         mean: normalisation mean (default CIFAR-10's).
         std: normalisation std.
     """
-    mean, std = _stats(in_chans, mean, std, (CIFAR10_MEAN, CIFAR10_STD))
     enc = ViTEncoder(in_chans, image_size, patch_size, width, depth, heads, mlp_ratio, dropout)
-    return ImageClassifier(enc, enc.num_features, num_classes, mean=mean, std=std, in_chans=in_chans)
+    return _classifier(enc, num_classes, in_chans, mean, std, (CIFAR10_MEAN, CIFAR10_STD))
