@@ -51,8 +51,10 @@ _LAZY = {
     "apply_overrides": "obstructlib.config", "config_to_dict": "obstructlib.config",
 }
 
-__all__ = ["ObstructError", "ConfigError", "DatasetNotFoundError", "Profile", "PROFILES",
-           "resolve_profile", "__version__", *_LAZY]
+__all__ = [  # noqa: PLE0604 - the lazy names are strings too
+    "ObstructError", "ConfigError", "DatasetNotFoundError", "Profile", "PROFILES", "resolve_profile",
+    "__version__", *_LAZY,
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -12,8 +12,9 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from obstructlib.errors import ObstructError
 
@@ -95,14 +96,16 @@ def _print_info(report: dict[str, Any]) -> None:
 def run_command(args: argparse.Namespace) -> Path:
     """Resolve config, run the runner, write ``results.json``; returns its path."""
     from obstructlib.config import apply_overrides, set_field
-    from obstructlib.engine import resolve_device, seed_everything
+    from obstructlib.data import default_data_root
+    from obstructlib.engine import cleanup, init_distributed, resolve_device, seed_everything
     from obstructlib.experiments import RUNNERS, RunContext
     from obstructlib.experiments.common import remove_if_created
-    from obstructlib.data import default_data_root
     from obstructlib.profiles import resolve_profile
 
     runner = RUNNERS[args.command]
     profile = resolve_profile(args.profile)
+    # Under torchrun every process runs this function; only rank 0 writes results.json.
+    dist_info = init_distributed()
     device = resolve_device(args.device)
     cfg = runner.config_for(profile)
     for flag in runner.flags:
@@ -122,10 +125,13 @@ def run_command(args: argparse.Namespace) -> Path:
         metrics = runner.run(cfg, ctx)
     except ObstructError:
         # Bad input found while loading data: leave no half-written folder behind.
-        remove_if_created(out_dir, existed)
+        if dist_info.is_main:
+            remove_if_created(out_dir, existed)
         raise
-    path = ctx.write_results(cfg, metrics)
-    assert path is not None
+    path = out_dir / "results.json"
+    if dist_info.is_main:
+        ctx.write_results(cfg, metrics)
+    cleanup()
     return path
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from fractions import Fraction
-from typing import Any, Sequence, TypeVar, Union
+from typing import Any, TypeVar, Union
 
 from obstructlib.errors import ConfigError
 

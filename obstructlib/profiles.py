@@ -25,6 +25,8 @@ class Profile:
         description: one line for ``obstruct info``.
         clip_arch: open_clip architecture used where a runner needs a CLIP.
         clip_pretrained: open_clip pretrained tag, or None to train from scratch (offline).
+        clip_lr: peak AdamW learning rate for CLIP training (from scratch: ~1e-3 for tiny
+            models; fine-tuning pretrained weights: ~1e-5).
         image_size: side of the square images fed to models (pixels).
         max_train_samples: seeded, class-stratified subset of the training split (None: all).
         max_test_samples: the same for the test split.
@@ -40,6 +42,7 @@ class Profile:
     description: str
     clip_arch: str
     clip_pretrained: str | None
+    clip_lr: float
     image_size: int
     max_train_samples: int | None
     max_test_samples: int | None
@@ -54,8 +57,11 @@ class Profile:
 QUICK = Profile(
     name="quick",
     description="any CPU, offline: tiny models on embedded or subsampled data, minutes on 2 cores",
-    clip_arch="tiny-vit",
+    # tiny-rn (a 4-stage ModifiedResNet, width 16) learns the synthetic shapes about twice as fast
+    # as tiny-vit on 2 cores (zero-shot 34% vs 18% after 300 steps); both are registered.
+    clip_arch="tiny-rn",
     clip_pretrained=None,
+    clip_lr=1e-3,
     image_size=32,
     max_train_samples=2000,
     max_test_samples=1000,
@@ -72,6 +78,7 @@ COLAB = Profile(
     description="one GPU with internet: the papers' datasets and pretrained open_clip weights at reduced scale",
     clip_arch="ViT-B-32",
     clip_pretrained="openai",
+    clip_lr=1e-5,
     image_size=224,
     max_train_samples=20000,
     max_test_samples=5000,
@@ -88,6 +95,7 @@ PAPER = Profile(
     description="one or more GPUs (torchrun): the papers' full settings",
     clip_arch="RN50",
     clip_pretrained="openai",
+    clip_lr=5e-4,
     image_size=224,
     max_train_samples=None,
     max_test_samples=None,
@@ -107,7 +115,7 @@ def resolve_profile(name: str | None = None) -> Profile:
 
     Example:
         >>> resolve_profile("quick").clip_arch
-        'tiny-vit'
+        'tiny-rn'
     """
     name = name or os.environ.get("OBSTRUCT_PROFILE") or None
     if name is None:

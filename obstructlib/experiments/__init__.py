@@ -6,8 +6,9 @@ runner from its :class:`Runner` record, so adding a paper adds no CLI code.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from obstructlib.experiments.common import RunContext, versions, write_json_atomic
 from obstructlib.profiles import Profile
@@ -58,5 +59,13 @@ def load_runners() -> dict[str, Runner]:
     return RUNNERS
 
 
-__all__ = ["Flag", "Runner", "RunContext", "RUNNERS", "register_runner", "load_runners", "versions",
-           "write_json_atomic"]
+__all__ = [
+    "RUNNERS",
+    "Flag",
+    "RunContext",
+    "Runner",
+    "load_runners",
+    "register_runner",
+    "versions",
+    "write_json_atomic",
+]

@@ -37,7 +37,7 @@ class ClipRunConfig:
     """
 
     dataset: str = "synthetic-captions"
-    arch: str = "tiny-vit"
+    arch: str = "tiny-rn"
     pretrained: str | None = None
     image_size: int = 32
     max_train_samples: int | None = 2000
@@ -54,7 +54,7 @@ class ClipRunConfig:
                 raise ConfigError(f"{name}={value}: use at least 2, or none for the whole split")
 
     @classmethod
-    def for_profile(cls, profile: Profile) -> "ClipRunConfig":
+    def for_profile(cls, profile: Profile) -> ClipRunConfig:
         """Defaults scaled to a profile (the only place the profile enters)."""
         return cls(
             dataset=profile.caption_dataset,
@@ -64,7 +64,7 @@ class ClipRunConfig:
             max_train_samples=profile.max_train_samples,
             max_test_samples=profile.max_test_samples,
             train=ClipTrainConfig(steps=profile.train_steps, batch_size=profile.batch_size,
-                                  num_workers=profile.num_workers),
+                                  lr=profile.clip_lr, num_workers=profile.num_workers),
         )
 
 
@@ -114,6 +114,7 @@ def run(cfg: ClipRunConfig, ctx: RunContext) -> dict[str, Any]:
     if getattr(test, "classes", None):
         metrics["chance"]["zero_shot_acc"] = 1.0 / len(test.classes)
     metrics["train_loss_final"] = float(history["loss"][-1]) if history.get("loss") else None
+    metrics["curves"] = {"step": list(history.get("step", [])), "loss": list(history.get("loss", []))}
     metrics["num_train_pairs"], metrics["num_test_images"] = len(train), test.num_images
     return metrics
 

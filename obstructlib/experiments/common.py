@@ -15,10 +15,11 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -35,7 +36,7 @@ def versions() -> dict[str, str]:
         try:
             module = __import__(name)
             out[name] = getattr(module, "__version__", "unknown")
-        except Exception:  # pragma: no cover - reported, not fatal
+        except Exception:  # noqa: BLE001 - any import failure is reported, not fatal
             out[name] = "missing"
     return out
 
