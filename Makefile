@@ -29,7 +29,8 @@ install-dev: $(PY)
 	$(PIP) install -q -e ".[dev,notebook]"
 
 lab: install-notebook
-	cd notebooks && ../$(PY) -m jupyter lab
+	# root (containers, cloud VMs) needs --allow-root; nobody else gets it
+	cd notebooks && ../$(PY) -m jupyter lab $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 test: install-dev
 	@start=$$(date +%s); \
