@@ -57,8 +57,9 @@ class Profile:
 QUICK = Profile(
     name="quick",
     description="any CPU, offline: tiny models on embedded or subsampled data, minutes on 2 cores",
-    # tiny-rn (a 4-stage ModifiedResNet, width 16) learns the synthetic shapes about twice as fast
-    # as tiny-vit on 2 cores (zero-shot 34% vs 18% after 300 steps); both are registered.
+    # tiny-rn (a 4-stage ModifiedResNet, width 16) beats tiny-vit on the synthetic shapes with the
+    # same recipe (300 steps, batch 128, lr 1e-3, 2 cores): zero-shot 42% vs 22%, text->image R@5
+    # 60% vs 41%, in 79 s vs 141 s. Both are registered; --set arch=tiny-vit switches.
     clip_arch="tiny-rn",
     clip_pretrained=None,
     clip_lr=1e-3,

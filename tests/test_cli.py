@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from obstructlib.cli import main
 
@@ -15,7 +16,8 @@ TINY = ["--no-progress", "--set", "train.steps=4", "--set", "train.batch_size=16
 def test_info_lists_datasets_and_fetch_commands(capsys, tmp_path):
     assert main(["info", "--json", "--data-root", str(tmp_path)]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["profile"] == "quick" and report["device"]["type"] == "cpu"
+    assert report["profile"] == "quick"
+    assert report["device"]["type"] == ("cuda" if torch.cuda.is_available() else "cpu")
     assert report["datasets"]["digits"]["present"]
     cifar = report["datasets"]["cifar10"]
     assert not cifar["present"] and "data_scripts/cifar10.py" in cifar["fetch"] and str(tmp_path) in cifar["fetch"]

@@ -69,7 +69,12 @@ def test_profiles_resolve(monkeypatch):
     monkeypatch.setenv("OBSTRUCT_PROFILE", "colab")
     assert resolve_profile().name == "colab"
     monkeypatch.delenv("OBSTRUCT_PROFILE")
-    assert resolve_profile().name == "quick"  # no CUDA in tests
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_profile().name == "quick"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_profile().name == "colab"
     with pytest.raises(ConfigError, match="unknown profile"):
         resolve_profile("huge")
     # offline profile trains from scratch; the GPU profiles use real pretrained tags
