@@ -63,6 +63,7 @@ def load_digits_dataset(
     *,
     seed: int = 0,
     test_fraction: float = 0.2,
+    progress: bool = False,  # generated in memory, nothing to show; every loader accepts it
     **kwargs: Any,
 ) -> ArrayImageDataset:
     """The scikit-learn digits as an :class:`ArrayImageDataset` (classes ``"0"``..``"9"``).
@@ -309,6 +310,7 @@ def load_synthetic(
     num_test: int = 500,
     resolution: int = 32,
     seed: int = 0,
+    progress: bool = False,  # generated in memory, nothing to show; every loader accepts it
     **kwargs: Any,
 ) -> SyntheticShapes:
     """Procedural shapes for classification; ``image_size``, ``channels``, ``transform`` as ArrayImageDataset.
@@ -339,6 +341,7 @@ def load_synthetic_captions(
     resolution: int = 32,
     seed: int = 0,
     captions_per_image: int = 5,
+    progress: bool = False,  # generated in memory, nothing to show; every loader accepts it
     **kwargs: Any,
 ) -> CaptionDataset:
     """Procedural shapes with ``captions_per_image`` (<= 8) distinct paraphrases each, e.g.

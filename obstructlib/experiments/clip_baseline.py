@@ -69,7 +69,7 @@ class ClipRunConfig:
 
 
 def load_pairs(spec: str, root: Any, split: str, *, image_size: int, max_samples: int | None,
-               captions_per_image: int = 1, seed: int = 0) -> Any:
+               captions_per_image: int = 1, seed: int = 0, progress: bool = True) -> Any:
     """Image-caption pairs of one split; classification data gets templated captions.
 
     Args:
@@ -80,16 +80,17 @@ def load_pairs(spec: str, root: Any, split: str, *, image_size: int, max_samples
         max_samples: seeded subset of images (None: all).
         captions_per_image: templated captions per image for classification data.
         seed: subset and template seed.
+        progress: show decoding progress bars.
     """
     if dataset_kind(spec) == "captions":
-        pairs = load_dataset(spec, root, split, image_size=image_size)
+        pairs = load_dataset(spec, root, split, image_size=image_size, progress=progress)
         if max_samples is not None and max_samples < pairs.num_images:
             import numpy as np
 
             rng = np.random.default_rng(seed)
             pairs = pairs.subset_images(np.sort(rng.choice(pairs.num_images, max_samples, replace=False)))
         return pairs
-    images = load_dataset(spec, root, split, image_size=image_size, channels=3)
+    images = load_dataset(spec, root, split, image_size=image_size, channels=3, progress=progress)
     if max_samples is not None and max_samples < len(images):
         images = seeded_subset(images, max_samples, seed=seed)
     return templated_captions(images, captions_per_image=captions_per_image, seed=seed)
@@ -100,9 +101,9 @@ def run(cfg: ClipRunConfig, ctx: RunContext) -> dict[str, Any]:
     with ctx.timer("data"):
         train = load_pairs(cfg.dataset, ctx.data_root, "train", image_size=cfg.image_size,
                            max_samples=cfg.max_train_samples, captions_per_image=cfg.captions_per_image,
-                           seed=ctx.seed)
+                           seed=ctx.seed, progress=ctx.progress)
         test = load_pairs(cfg.dataset, ctx.data_root, "test", image_size=cfg.image_size,
-                          max_samples=cfg.max_test_samples, seed=ctx.seed)
+                          max_samples=cfg.max_test_samples, seed=ctx.seed, progress=ctx.progress)
     model = create_clip(cfg.arch, cfg.pretrained, device=ctx.device, image_size=cfg.image_size)
     with ctx.timer("train"):
         history = fit_clip(model, train, cfg.train, ctx.device, ckpt_dir=ctx.stage_dir("clip"),
