@@ -16,6 +16,7 @@ from obstructlib.models.cifar_resnet import (
     load_cifar_resnet,
 )
 from obstructlib.models.clip import TINY_CLIP_MODELS, ClipModel, create_clip, list_clip_models
+from obstructlib.models.generator import ResnetGenerator
 from obstructlib.models.registry import (
     ImageClassifier,
     Normalize,
@@ -24,6 +25,7 @@ from obstructlib.models.registry import (
     load_weights,
     register_model,
 )
+from obstructlib.models.surrogates import FeatureExtractor, create_surrogate, resolve_surrogate_pretrained
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -32,13 +34,17 @@ __all__ = [
     "IMAGENET_STD",
     "TINY_CLIP_MODELS",
     "ClipModel",
+    "FeatureExtractor",
     "ImageClassifier",
     "Normalize",
+    "ResnetGenerator",
     "create_clip",
     "create_model",
+    "create_surrogate",
     "list_clip_models",
     "list_models",
     "load_cifar_resnet",
     "load_weights",
     "register_model",
+    "resolve_surrogate_pretrained",
 ]
