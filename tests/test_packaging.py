@@ -2,7 +2,9 @@
 
 import json
 import re
+
 import pytest as _pytest
+
 tomllib = _pytest.importorskip("tomllib")  # Python 3.11+; 3.10 users run the rest
 from pathlib import Path
 
@@ -46,9 +48,9 @@ def test_readme_gives_the_two_commands_and_ci_calls_the_test_one():
     readme = (ROOT / "README.md").read_text()
     assert "make lab" in readme and "make test" in readme
     ci = (ROOT / ".ci" / "run").read_text()
-    assert re.search(r"^make test$", ci, re.M)
+    assert re.search(r"^make test$", ci, re.MULTILINE)
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"^lab:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
+    assert re.search(r"^lab:", makefile, re.MULTILINE) and re.search(r"^test:", makefile, re.MULTILINE)
     assert "HF_HUB_OFFLINE=1" in makefile and "--nbval" in makefile
 
 
@@ -74,5 +76,5 @@ def test_notebook_hygiene(path):
         "the install cell installs only obstructlib, only on Colab")
     params = next(s for s in sources if s.startswith("# Parameters"))
     for name in ("PROFILE", "SEED", "DEVICE", "DATA_ROOT"):
-        assert re.search(rf"^{name}\s*=", params, re.M), name
+        assert re.search(rf"^{name}\s*=", params, re.MULTILINE), name
     assert "## Exercises" in sources[-1] or any("## Exercises" in s for s in sources)

@@ -22,6 +22,7 @@ from obstructlib.data.base import (
 )
 from obstructlib.data.captions import CaptionDataset, default_templates, templated_captions
 from obstructlib.data.embedded import COLORS, DOMAINS, SHAPES, SUPERCLASSES, SyntheticShapes, generate_shapes
+from obstructlib.data.labels import RelabelledDataset, relabel, relabel_dataset
 from obstructlib.data.sampler import EpisodeSampler, episode_labels
 from obstructlib.data.store import PerturbationStore, export_protected
 from obstructlib.data.wrappers import (
@@ -43,6 +44,7 @@ __all__ = [
     "IndexedDataset",
     "LabelledSubset",
     "PerturbationStore",
+    "RelabelledDataset",
     "SyntheticShapes",
     "TransformDataset",
     "dataset_info",
@@ -56,6 +58,8 @@ __all__ = [
     "list_datasets",
     "load_dataset",
     "register_dataset",
+    "relabel",
+    "relabel_dataset",
     "seeded_subset",
     "templated_captions",
     "to_float_image",

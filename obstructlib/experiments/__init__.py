@@ -54,7 +54,10 @@ def register_runner(runner: Runner) -> Runner:
 
 def load_runners() -> dict[str, Runner]:
     """Import the runner modules (they register themselves) and return the registry."""
-    from obstructlib.experiments import clip_baseline  # noqa: F401
+    from obstructlib.experiments import (
+        clip_baseline,  # noqa: F401
+        uc,  # noqa: F401
+    )
 
     return RUNNERS
 

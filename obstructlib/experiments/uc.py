@@ -1,0 +1,435 @@
+"""``obstruct uc``: protect a training set, let a hacker relabel and train on it, report clean test accuracy.
+
+The Unlearnable Clusters experiment (Zhang et al., arXiv:2301.01217), with its baselines:
+
+1. the protector perturbs the training images with ``--method``: ``uc`` (K-means clusters of a
+   surrogate's features, one generator-made noise per cluster; surrogate ``rn50``), ``uc-clip``
+   (the same with a CLIP image encoder), ``em-sample`` / ``em-class`` (Huang et al.'s
+   error-minimising noise, crafted with the ORIGINAL labels), ``tap`` (targeted adversarial
+   poisons against a clean model trained on the original labels) or ``random`` (uniform noise);
+2. the hacker relabels the images with ``--labels`` (``original``, ``coarse`` superclasses or a
+   seeded ``random-N`` grouping; see :mod:`obstructlib.data.labels`), optionally applies a
+   ``--countermeasure`` (JPEG, grayscale, cutout, mixup, PGD adversarial training), and trains a
+   FRESH ``--target-model`` on the protected images -- noise added on the fly and the result
+   quantised to 8 bits, exactly what an exported PNG holds -- with the paper's SGD recipe;
+3. the same recipe on the clean images gives the ``clean`` row; both are evaluated on the CLEAN
+   test set under the hacker's labels. Lower protected accuracy (closer to ``chance``) is better.
+
+Every stage resumes from ``OUT/checkpoints``: the finished store (``store/``), the protection's
+own checkpoints (``protector/``) and both target trainings (``target_clean/``, ``target_protected/``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from obstructlib.config import config_to_dict
+from obstructlib.data import PerturbationStore, load_dataset, seeded_subset
+from obstructlib.data.labels import parse_protocol, relabel_dataset
+from obstructlib.engine import ClassifierTrainConfig, fit_classifier
+from obstructlib.errors import ConfigError, check_range
+from obstructlib.experiments import Flag, RunContext, Runner, register_runner
+from obstructlib.methods.countermeasures import (
+    COUNTERMEASURES,
+    AdvTrainConfig,
+    fit_defended,
+    image_countermeasure,
+)
+from obstructlib.methods.poisons import (
+    ErrorMaxConfig,
+    ErrorMinConfig,
+    error_maximizing_noise,
+    error_minimizing_noise,
+    random_noise_store,
+)
+from obstructlib.methods.uc import QUICK_OVERRIDES, UCConfig, protect
+from obstructlib.models import create_model
+from obstructlib.profiles import Profile
+
+METHODS = ("uc", "uc-clip", "em-sample", "em-class", "tap", "random")
+
+
+@dataclass
+class UCRunConfig:
+    """Config of ``obstruct uc``.
+
+    Attributes:
+        dataset: classification spec (``synthetic``, ``cifar10``, ``cifar100``, ``folder:PATH`` ...).
+        method: the protection, one of ``uc``, ``uc-clip``, ``em-sample``, ``em-class``, ``tap``, ``random``.
+        target_model: the hacker's classifier, trained from scratch (:func:`~obstructlib.models.create_model`).
+        labels: the hacker's label protocol: ``original``, ``coarse`` or ``random-N``.
+        label_seed: seed of the ``random-N`` grouping.
+        countermeasure: ``none``, ``jpeg``, ``grayscale``, ``cutout``, ``mixup`` or ``adv``; applied
+            to the clean row as well, so ``acc_drop`` measures the protection, not the defence.
+        image_size: square side in pixels.
+        max_train_samples: seeded, class-stratified training subset (None: all).
+        max_test_samples: the same for the test split.
+        eps: L-inf budget of every method, in [0, 1] pixel units (paper: 16/255); it is copied
+            into ``uc.eps``, ``em.eps`` and ``tap.eps`` (the one budget of the comparison).
+        augment: random crop (padding 1/8 of the side) and horizontal flip while the target
+            trains, as the paper's recipe does (resize + random crop + flip).
+        surrogate: UC's feature extractor for ``--method uc`` (paper: ``rn50``, ImageNet weights).
+        clip_surrogate: the same for ``--method uc-clip`` (paper: ``clip:RN50``, OpenAI weights).
+        surrogate_epochs: for a ``classifier:ARCH`` surrogate, epochs of supervised training on
+            the protector's images first (a stand-in for a pretrained network where none can be
+            downloaded; these labels train the surrogate only, never the noise); 0 keeps it as built.
+        uc: Unlearnable Clusters settings (clusters, generator, its training; ``uc.surrogate`` is
+            set from ``surrogate`` / ``clip_surrogate`` and ``uc.eps`` from ``eps``).
+        protector_model: classifier EM trains and TAP attacks (TAP trains it first with ``train``).
+        em: error-minimising noise recipe (``eps`` is overridden by the top-level ``eps``).
+        tap: adversarial-poison recipe (``eps`` likewise).
+        jpeg_quality: quality for ``--countermeasure jpeg`` (ISS: 10).
+        cutout_size: square side in pixels for ``cutout``.
+        mixup_alpha: Beta parameter for ``mixup``.
+        adv: PGD adversarial training for ``adv`` (8/255, few steps).
+        train: the target recipe (paper: SGD 0.9, lr 0.1, wd 5e-4, cosine, 90 epochs, batch 512).
+    """
+
+    dataset: str = "synthetic"
+    method: str = "uc"
+    target_model: str = "resnet20"
+    labels: str = "original"
+    label_seed: int = 0
+    countermeasure: str = "none"
+    image_size: int = 32
+    max_train_samples: int | None = 2000
+    max_test_samples: int | None = 1000
+    eps: float = 16 / 255
+    augment: bool = True
+    surrogate: str = "rn50"
+    clip_surrogate: str = "clip:RN50"
+    surrogate_epochs: int = 0
+    uc: UCConfig = field(default_factory=UCConfig)
+    protector_model: str = "resnet20"
+    em: ErrorMinConfig = field(default_factory=ErrorMinConfig)
+    tap: ErrorMaxConfig = field(default_factory=ErrorMaxConfig)
+    jpeg_quality: int = 10
+    cutout_size: int = 8
+    mixup_alpha: float = 1.0
+    adv: AdvTrainConfig = field(default_factory=AdvTrainConfig)
+    train: ClassifierTrainConfig = field(default_factory=ClassifierTrainConfig)
+
+    def validate(self) -> None:
+        """Raise one-line :class:`ConfigError` for bad values (before anything runs)."""
+        if self.method not in METHODS:
+            raise ConfigError(f"method={self.method!r}: use one of {', '.join(METHODS)}")
+        parse_protocol(self.labels)
+        if self.countermeasure not in COUNTERMEASURES:
+            raise ConfigError(f"countermeasure={self.countermeasure!r}: use one of {', '.join(COUNTERMEASURES)}")
+        check_range("eps", self.eps, 0.0, 127 / 255)
+        check_range("image_size", self.image_size, 8, 1024)
+        check_range("jpeg_quality", self.jpeg_quality, 1, 100)
+        check_range("cutout_size", self.cutout_size, 1, self.image_size)
+        check_range("mixup_alpha", self.mixup_alpha, 1e-6, 100.0)
+        for name in ("max_train_samples", "max_test_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 2:
+                raise ConfigError(f"{name}={value}: use at least 2, or none for the whole split")
+        if self.method in ("uc", "uc-clip") and self.max_train_samples is not None \
+                and self.uc.num_clusters > self.max_train_samples:
+            raise ConfigError(f"uc.num_clusters={self.uc.num_clusters} exceeds max_train_samples="
+                              f"{self.max_train_samples}: use fewer clusters or more images")
+        if self.surrogate_epochs < 0:
+            raise ConfigError(f"surrogate_epochs={self.surrogate_epochs}: use 0 or more")
+        # One budget for every method: copy it in, so results.json shows the values used.
+        self.uc.eps = self.em.eps = self.tap.eps = self.eps
+        self.uc.surrogate = self.clip_surrogate if self.method == "uc-clip" else self.surrogate
+        if self.method in ("uc", "uc-clip"):
+            self.uc.validate()
+        self.em.validate()
+        self.tap.validate()
+        self.adv.validate()
+        self.train.validate()
+
+    @classmethod
+    def for_profile(cls, profile: Profile) -> UCRunConfig:
+        """Defaults scaled to a profile (the only place the profile enters).
+
+        - quick (CPU, offline, minutes): 2,000 synthetic shapes at 32 px, ResNet-20 target for the
+          profile's 10 epochs at batch 128. No pretrained weights exist offline, so UC's surrogate
+          is ``classifier:digits_cnn`` trained 3 epochs on the protector's own images (a stand-in
+          for ImageNet pretraining) and UC-CLIP's a randomly initialised ``clip:tiny-rn`` (an
+          explicitly weaker surrogate); generators from ``uc.QUICK_OVERRIDES`` (ngf 16, 2 blocks,
+          3 epochs, Adam 1e-3: the spec's small-budget deviation); EM with 2/255 steps, 10 rounds.
+        - colab (one GPU): CIFAR-10 at 32 px, 20,000 images (``--dataset cifar100 --labels coarse``
+          for the 100 -> 20 experiment), ResNet-18 target for 30 epochs; ImageNet ``rn50`` seeing
+          224 px and OpenAI ``clip:RN50`` surrogates; generators ngf 32, 4 blocks, 10 epochs.
+        - paper: the spec's settings at 224 px on all images (pass ``--dataset folder:PETS`` etc.),
+          ResNet-18 target, 90 epochs SGD lr 0.1 batch 512, generators ngf 64, 6 blocks, 50 epochs,
+          Adam 1e-4, ``rn50`` / ``clip:RN50`` with the paper's weights.
+        """
+        recipe = ClassifierTrainConfig(epochs=profile.epochs, batch_size=profile.batch_size, lr=0.1,
+                                       momentum=0.9, weight_decay=5e-4, scheduler="cosine",
+                                       num_workers=profile.num_workers)
+        if profile.name == "quick":
+            return cls(
+                dataset=profile.image_dataset, target_model="resnet20", image_size=32,
+                max_train_samples=profile.max_train_samples, max_test_samples=profile.max_test_samples,
+                surrogate="classifier:digits_cnn", clip_surrogate="clip:tiny-rn", surrogate_epochs=3,
+                uc=UCConfig(surrogate_pretrained=None, **QUICK_OVERRIDES),
+                protector_model="digits_cnn",
+                em=ErrorMinConfig(step_size=2 / 255, steps=10, max_rounds=10, batch_size=128),
+                tap=ErrorMaxConfig(steps=20, batch_size=128),
+                train=recipe,
+            )
+        if profile.name == "colab":
+            return cls(
+                dataset="cifar10", target_model="resnet18", image_size=32,
+                max_train_samples=profile.max_train_samples, max_test_samples=profile.max_test_samples,
+                uc=UCConfig(surrogate_image_size=224, ngf=32, n_blocks=4, epochs=10),
+                protector_model="resnet18", em=ErrorMinConfig(step_size=2 / 255), train=recipe,
+            )
+        return cls(
+            dataset=profile.image_dataset, target_model="resnet18", image_size=224,
+            max_train_samples=None, max_test_samples=None, protector_model="resnet18",
+            em=ErrorMinConfig.paper("sample"),
+            train=dataclasses.replace(recipe, epochs=90, batch_size=512),
+        )
+
+
+# ---- data ------------------------------------------------------------------------------------
+def _pad_crop_flip(x: torch.Tensor) -> torch.Tensor:
+    # The CIFAR recipe (zero-pad 4 of 32, random crop, flip), scaled to any size.
+    pad = max(1, x.shape[-1] // 8)
+    c, h, w = x.shape
+    i, j = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,)))
+    out = x.new_zeros(c, h, w)
+    # rows/cols of x that land inside the crop window [i - pad, i - pad + h)
+    top, left = i - pad, j - pad
+    ys, yd = max(0, top), max(0, -top)
+    xs, xd = max(0, left), max(0, -left)
+    hh, ww = h - abs(top), w - abs(left)
+    out[:, yd:yd + hh, xd:xd + ww] = x[:, ys:ys + hh, xs:xs + ww]
+    return out.flip(-1) if bool(torch.rand(()) < 0.5) else out
+
+
+class ProtectedDataset(Dataset):
+    """What the hacker trains on: ``quantise(clip(x + delta_i))``, then a countermeasure, then augmentation.
+
+    Args:
+        dataset: classification items ``(image float (C, H, W) in [0, 1], label)``, index-aligned
+            with the store's samples.
+        store: the protection (None: the clean images).
+        transform: a per-image countermeasure (JPEG, grayscale, cutout) or None.
+        augment: random crop + flip after the countermeasure.
+    """
+
+    def __init__(self, dataset: Dataset, store: PerturbationStore | None, transform: Any = None,
+                 augment: bool = False) -> None:
+        self.dataset, self.store, self.transform, self.augment = dataset, store, transform, augment
+        self.labels = getattr(dataset, "labels", None)
+        self.classes = getattr(dataset, "classes", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        x, y = self.dataset[index][:2]
+        if self.store is not None:
+            x = self.store.apply(x[None], [index])[0]
+        x = torch.round(x * 255.0) / 255.0  # an exported PNG holds 8 bits
+        if self.transform is not None:
+            x = self.transform(x)
+        if self.augment:
+            x = _pad_crop_flip(x)
+        return x, int(y)
+
+
+def _load_split(cfg: UCRunConfig, ctx: RunContext, split: str, max_samples: int | None) -> Dataset:
+    ds = load_dataset(cfg.dataset, ctx.data_root, split, image_size=cfg.image_size, channels=3,
+                      progress=ctx.progress)
+    return seeded_subset(ds, max_samples, seed=ctx.seed)
+
+
+# ---- protection ------------------------------------------------------------------------------
+def _protect(cfg: UCRunConfig, ctx: RunContext, train: Dataset) -> tuple[PerturbationStore, dict[str, Any]]:
+    """Run ``cfg.method`` on ``train`` (original labels available to EM/TAP only)."""
+    work = ctx.stage_dir("protector")
+    shape = tuple(train[0][0].shape)
+    num_classes = len(train.classes)  # type: ignore[attr-defined]
+    info: dict[str, Any] = {}
+    if cfg.method == "random":
+        with ctx.timer("noise_generation"):
+            store = random_noise_store(len(train), shape, cfg.eps, seed=ctx.seed)  # type: ignore[arg-type]
+    elif cfg.method in ("em-sample", "em-class"):
+        model = create_model(cfg.protector_model, num_classes=num_classes)
+        em = dataclasses.replace(cfg.em, eps=cfg.eps, seed=ctx.seed)
+        with ctx.timer("noise_generation"):
+            store = error_minimizing_noise(model, train, em, ctx.device, mode=cfg.method.split("-")[1],
+                                           progress=ctx.progress, ckpt_dir=work)
+    elif cfg.method == "tap":
+        model = create_model(cfg.protector_model, num_classes=num_classes)
+        with ctx.timer("protector_training"):
+            hist = fit_classifier(model, ProtectedDataset(train, None, augment=cfg.augment), None, cfg.train,
+                                  ctx.device, ckpt_dir=None if work is None else work / "clean_model",
+                                  progress=ctx.progress)
+        info["protector_train_acc"] = hist["train_acc"][-1]
+        tap = dataclasses.replace(cfg.tap, eps=cfg.eps, seed=ctx.seed)
+        with ctx.timer("noise_generation"):
+            store = error_maximizing_noise(model, train, tap, ctx.device, targeted=True, progress=ctx.progress,
+                                           ckpt_dir=None if work is None else work / "noise")
+    else:
+        store, info = _protect_uc(cfg, ctx, train, work)
+    return store, info
+
+
+def _protect_uc(cfg: UCRunConfig, ctx: RunContext, train: Dataset, work: Path | None) -> tuple[PerturbationStore, dict]:
+    """UC / UC-CLIP: optional surrogate pre-training, then :func:`~obstructlib.methods.uc.protect`."""
+    uc_cfg = dataclasses.replace(cfg.uc, eps=cfg.eps, seed=ctx.seed,
+                                 surrogate=cfg.clip_surrogate if cfg.method == "uc-clip" else cfg.surrogate)
+    uc_cfg.validate()
+    surrogate: Any = None  # protect() builds it from uc_cfg.surrogate
+    if cfg.surrogate_epochs and uc_cfg.surrogate.startswith("classifier:"):
+        surrogate = create_model(uc_cfg.surrogate.split(":", 1)[1], num_classes=len(train.classes))  # type: ignore[attr-defined]
+        recipe = dataclasses.replace(cfg.train, epochs=cfg.surrogate_epochs)
+        with ctx.timer("surrogate_training"):
+            fit_classifier(surrogate, ProtectedDataset(train, None, augment=cfg.augment), None, recipe, ctx.device,
+                           ckpt_dir=None if work is None else work / "surrogate", progress=ctx.progress)
+    start = time.perf_counter()
+    result = protect(train, uc_cfg, ctx.device, surrogate=surrogate,
+                     ckpt_dir=None if work is None else work / "uc", progress=ctx.progress)
+    total = time.perf_counter() - start
+    # The paper's two stages: features + K-means, then one generator per cluster.
+    generators = float(sum(result.timings_s))
+    for key, value in (("clustering", total - generators), ("generator_training", generators)):
+        ctx.timings_s[key] = round(ctx.timings_s.get(key, 0.0) + max(0.0, value), 3)
+    info = {"surrogate": result.surrogate, "cluster_sizes": result.cluster_sizes,
+            "generator_final_loss": [float(v) for v in result.losses],
+            "generator_first_epoch_loss": [float(h[0]) for h in result.loss_history if h]}
+    return result.store, info
+
+
+_NO_MEANING = ("num_workers", "cache_max_bytes", "eval_batch_size", "ckpt_every_epochs", "ckpt_every_batches")
+
+
+def _fingerprint(cfg: UCRunConfig, seed: int) -> dict[str, Any]:
+    """The config values that change a run's result, flattened (``train.lr`` ...)."""
+    flat: dict[str, Any] = {"seed": seed}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}{k}.", v)
+        elif prefix.rstrip(".").rsplit(".", 1)[-1] not in _NO_MEANING:
+            flat[prefix.rstrip(".")] = value
+
+    walk("", config_to_dict(cfg))
+    return flat
+
+
+def _check_run_folder(cfg: UCRunConfig, ctx: RunContext) -> None:
+    """Refuse to resume checkpoints made with a different config (they would be silently mixed)."""
+    if ctx.ckpt_dir is None:
+        return
+    path, now = ctx.ckpt_dir / "run.json", json.loads(json.dumps(_fingerprint(cfg, ctx.seed)))
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = [k for k in sorted(set(old) | set(now)) if old.get(k) != now.get(k)]
+        if diff:
+            k = diff[0]
+            raise ConfigError(f"{ctx.out_dir} holds a run with {k}={old.get(k)!r} (now {now.get(k)!r}): "
+                              "use a new --out, or delete the old folder")
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(now, indent=1))
+
+
+def _stored_protection(cfg: UCRunConfig, ctx: RunContext, train: Dataset) -> tuple[PerturbationStore, dict, bool]:
+    """The finished store of this run folder, or a new one (saved before the target trains)."""
+    folder = ctx.stage_dir("store")
+    if folder is not None and (folder / "store.npy").is_file() and (folder / "protect.json").is_file():
+        meta = json.loads((folder / "protect.json").read_text())
+        return PerturbationStore.load(folder / "store.npy"), meta.get("info", {}), True
+    store, info = _protect(cfg, ctx, train)
+    if folder is not None:
+        store.save(folder / "store.npy")
+        payload = {"method": cfg.method, "num_samples": len(train), "info": info}  # type: ignore[arg-type]
+        (folder / "protect.json").write_text(json.dumps(payload, default=_jsonable))  # written last: the marker
+    return store, info, False
+
+
+def _jsonable(obj: Any) -> Any:
+    return obj.tolist() if hasattr(obj, "tolist") else str(obj)
+
+
+# ---- the hacker ------------------------------------------------------------------------------
+def _train_target(cfg: UCRunConfig, ctx: RunContext, train: Dataset, test: Dataset,
+                  store: PerturbationStore | None, tag: str) -> dict[str, list[float]]:
+    transform = image_countermeasure(cfg.countermeasure, jpeg_quality=cfg.jpeg_quality, cutout_size=cfg.cutout_size)
+    data = ProtectedDataset(train, store, transform, augment=cfg.augment)
+    torch.manual_seed(ctx.seed)  # clean and protected targets start from the same weights
+    model = create_model(cfg.target_model, num_classes=len(train.classes))  # type: ignore[attr-defined]
+    ckpt = ctx.stage_dir(tag)
+    if cfg.countermeasure in ("mixup", "adv"):
+        return fit_defended(model, data, test, cfg.train, ctx.device, countermeasure=cfg.countermeasure,
+                            mixup_alpha=cfg.mixup_alpha, adv=cfg.adv, ckpt_dir=ckpt, progress=ctx.progress)
+    return fit_classifier(model, data, test, cfg.train, ctx.device, ckpt_dir=ckpt, progress=ctx.progress)
+
+
+def run(cfg: UCRunConfig, ctx: RunContext) -> dict[str, Any]:
+    """Protect, relabel, train clean and protected targets, evaluate on the clean test set."""
+    _check_run_folder(cfg, ctx)
+    with ctx.timer("data"):
+        train = _load_split(cfg, ctx, "train", cfg.max_train_samples)
+        test = _load_split(cfg, ctx, "test", cfg.max_test_samples)
+        # Relabel first: a bad --labels for this dataset fails before any expensive stage.
+        train_h = relabel_dataset(train, cfg.labels, seed=cfg.label_seed)
+        test_h = relabel_dataset(test, cfg.labels, seed=cfg.label_seed)
+    if cfg.method in ("uc", "uc-clip") and cfg.uc.num_clusters > len(train):  # type: ignore[arg-type]
+        raise ConfigError(f"uc.num_clusters={cfg.uc.num_clusters} exceeds the {len(train)} training images: lower it")
+    if cfg.train.batch_size > len(train):
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} exceeds the {len(train)} training images: lower it")
+    store, info, resumed = _stored_protection(cfg, ctx, train)
+    with ctx.timer("target_training"):
+        clean = _train_target(cfg, ctx, train_h, test_h, None, "target_clean")
+        protected = _train_target(cfg, ctx, train_h, test_h, store, "target_protected")
+    chance = 1.0 / len(train_h.classes)
+    clean_acc, prot_acc = float(clean["test_acc"][-1]), float(protected["test_acc"][-1])
+    return {
+        "clean": {"test_acc": clean_acc, "train_acc": _last(clean, "train_acc"), "curve": clean["test_acc"]},
+        "protected": {"test_acc": prot_acc, "train_acc": _last(protected, "train_acc"), "curve": protected["test_acc"]},
+        "chance": chance,
+        "acc_drop": clean_acc - prot_acc,
+        "noise_linf": float(np.abs(store.data.astype(np.int16)).max()) / 255.0 if store.data.size else 0.0,
+        "eps": store.eps_units / 255.0,
+        "method": cfg.method,
+        "labels": cfg.labels,
+        "countermeasure": cfg.countermeasure,
+        "num_classes_original": len(train.classes),  # type: ignore[attr-defined]
+        "num_classes_hacker": len(train_h.classes),
+        "label_mapping": train_h.mapping.tolist(),
+        "num_train": len(train),  # type: ignore[arg-type]
+        "num_test": len(test),  # type: ignore[arg-type]
+        "store_mode": store.mode,
+        "store_resumed": resumed,
+        "protection": info,
+    }
+
+
+def _last(history: dict[str, list[float]], key: str) -> float | None:
+    values = history.get(key) or []
+    return float(values[-1]) if values else None
+
+
+register_runner(Runner(
+    name="uc",
+    help="Unlearnable Clusters and baselines: protect, relabel (label-agnostic hacker), train a target, report clean test accuracy",
+    config_for=UCRunConfig.for_profile,
+    run=run,
+    flags=(
+        Flag("--dataset", "dataset", "classification dataset spec: a registered name or folder:PATH"),
+        Flag("--method", "method", "protection: " + ", ".join(METHODS)),
+        Flag("--target-model", "target_model", "the hacker's classifier (resnet20, resnet18, digits_cnn ...)"),
+        Flag("--labels", "labels", "the hacker's labels: original, coarse or random-N"),
+        Flag("--countermeasure", "countermeasure", "the hacker's defence: " + ", ".join(COUNTERMEASURES)),
+    ),
+))

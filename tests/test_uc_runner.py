@@ -1,0 +1,126 @@
+"""``obstruct uc`` end to end on tiny settings: contract keys, metric names, resume, bad input."""
+
+import json
+
+import pytest
+
+from obstructlib.cli import main
+from obstructlib.config import apply_overrides
+from obstructlib.experiments.uc import UCRunConfig
+from obstructlib.profiles import resolve_profile
+
+TINY = [
+    "--no-progress",
+    "--set", "max_train_samples=64", "--set", "max_test_samples=32", "--set", "image_size=16",
+    "--set", "train.epochs=1", "--set", "train.batch_size=32", "--set", "target_model=digits_cnn",
+    "--set", "protector_model=digits_cnn", "--set", "surrogate_epochs=1",
+    "--set", "uc.num_clusters=3", "--set", "uc.epochs=1", "--set", "uc.ngf=4", "--set", "uc.n_blocks=1",
+    "--set", "uc.batch_size=32", "--set", "uc.kmeans_n_init=1", "--set", "uc.kmeans_iters=20",
+    "--set", "em.max_rounds=1", "--set", "em.steps=2", "--set", "em.train_steps=1", "--set", "em.batch_size=32",
+    "--set", "tap.steps=2", "--set", "tap.batch_size=32", "--set", "adv.steps=1",
+]
+CONTRACT = ("command", "profile", "config", "metrics", "timings_s", "device", "versions")
+
+
+def _run(tmp_path, *argv):
+    out = tmp_path / "run"
+    assert main(["uc", "--out", str(out), *TINY, *argv]) == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def _check_metrics(results, num_hacker_classes):
+    for key in CONTRACT:
+        assert key in results
+    m = results["metrics"]
+    for key in ("chance", "acc_drop", "noise_linf"):
+        assert isinstance(m[key], float)
+    assert 0 <= m["clean"]["test_acc"] <= 1 and 0 <= m["protected"]["test_acc"] <= 1
+    assert m["acc_drop"] == pytest.approx(m["clean"]["test_acc"] - m["protected"]["test_acc"])
+    assert m["chance"] == pytest.approx(1 / num_hacker_classes) and m["num_classes_hacker"] == num_hacker_classes
+    assert 0 < m["noise_linf"] <= 16 / 255 + 1e-9
+    assert "target_training" in results["timings_s"]
+
+
+def test_random_writes_results_and_resumes(tmp_path):
+    _, results = _run(tmp_path, "--method", "random")
+    _check_metrics(results, 10)
+    assert results["command"] == "uc" and results["config"]["method"] == "random"
+    assert "noise_generation" in results["timings_s"] and not results["metrics"]["store_resumed"]
+    _, again = _run(tmp_path, "--method", "random")
+    assert again["metrics"]["store_resumed"]
+    for row in ("clean", "protected"):  # the finished target trainings are loaded, not repeated
+        assert again["metrics"][row]["test_acc"] == results["metrics"][row]["test_acc"]
+
+
+def test_resuming_with_another_config_is_refused(tmp_path, capsys):
+    out, _ = _run(tmp_path, "--method", "random")
+    status = main(["uc", "--out", str(out), *TINY, "--method", "random", "--labels", "random-3"])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and "labels" in err and len(err.splitlines()) == 1
+    assert (out / "results.json").is_file()  # the earlier run is left alone
+
+
+def test_uc_with_coarse_labels(tmp_path):
+    _, results = _run(tmp_path, "--method", "uc", "--labels", "coarse")
+    _check_metrics(results, 3)
+    m = results["metrics"]
+    assert m["store_mode"] == "cluster" and sum(m["protection"]["cluster_sizes"]) == 64
+    assert m["label_mapping"] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 2]
+    assert {"clustering", "generator_training", "surrogate_training"} <= set(results["timings_s"])
+    assert results["config"]["uc"]["eps"] == results["config"]["eps"]  # one budget for every method
+
+
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("method, labels, classes", [
+    ("em-sample", "random-4", 4),
+    pytest.param("em-class", "original", 10, marks=SLOW),
+    pytest.param("tap", "original", 10, marks=SLOW),
+    pytest.param("uc-clip", "random-2", 2, marks=SLOW),
+])
+def test_other_methods(tmp_path, method, labels, classes):
+    _, results = _run(tmp_path, "--method", method, "--labels", labels)
+    _check_metrics(results, classes)
+    assert results["metrics"]["store_mode"] == ("cluster" if method in ("em-class", "uc-clip") else "sample")
+
+
+@pytest.mark.parametrize("countermeasure", [
+    "jpeg",  # a per-image transform in the dataset
+    "adv",  # a per-batch step (fit_defended)
+    pytest.param("grayscale", marks=SLOW),
+    pytest.param("cutout", marks=SLOW),
+    pytest.param("mixup", marks=SLOW),
+])
+def test_countermeasures_run(tmp_path, countermeasure):
+    _, results = _run(tmp_path, "--method", "random", "--countermeasure", countermeasure)
+    _check_metrics(results, 10)
+    assert results["metrics"]["countermeasure"] == countermeasure
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--method", "nope"], "method="),
+    (["--method", "random", "--labels", "random-0"], "random-0"),
+    (["--method", "random", "--labels", "random-x"], "random-N"),
+    (["--method", "random", "--set", "eps=2"], "eps="),
+    (["--method", "random", "--countermeasure", "blur"], "countermeasure="),
+    (["--method", "uc", "--set", "uc.num_clusters=100"], "num_clusters"),
+    (["--method", "random", "--labels", "random-10"], "2 <= N < 10"),  # found after loading the data
+    (["--method", "random", "--labels", "coarse", "--dataset", "digits"], "superclass"),
+])
+def test_bad_input_exits_2_with_one_line_and_leaves_nothing(tmp_path, capsys, argv, words):
+    out = tmp_path / "run"
+    status = main(["uc", "--out", str(out), *TINY, *argv])
+    err = capsys.readouterr().err.strip()
+    assert status == 2
+    assert len(err.splitlines()) == 1 and words in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("profile", ["quick", "colab", "paper"])
+def test_profiles_give_valid_configs(profile):
+    cfg = apply_overrides(UCRunConfig.for_profile(resolve_profile(profile)), ["method=em-sample"])
+    assert cfg.train.momentum == 0.9 and cfg.train.weight_decay == 5e-4 and cfg.train.lr == 0.1
+    if profile == "paper":
+        assert cfg.train.epochs == 90 and cfg.train.batch_size == 512 and cfg.image_size == 224
+        assert cfg.uc.ngf == 64 and cfg.uc.n_blocks == 6 and cfg.uc.epochs == 50
