@@ -105,8 +105,10 @@ class RangeHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.path.endswith("/short"):  # the connection drops half-way
             body = body[: len(body) // 2]
-        self.wfile.write(body)
+        # Log before writing: once the client has read the body it may assert on the log at once,
+        # and an append after the write would race with it (seen on a loaded CI machine).
         type(self).log.append((header, len(body)))
+        self.wfile.write(body)
 
     def log_message(self, *args):  # keep test output clean
         pass
