@@ -233,3 +233,18 @@ def test_resume_skips_finished_generators(tmp_path, monkeypatch):
     assert again.timings_s[0] == 0.0 and again.timings_s[1] > 0
     with pytest.raises(ConfigError, match="different|holds a UC run"):
         uc_protect(ds, tiny_cfg(epochs=2), "cpu", ckpt_dir=tmp_path / "ck", progress=False)
+
+
+def test_surrogate_loads_a_released_cifar_resnet_checkpoint(tmp_path):
+    # The released CIFAR ResNets (akamaster layout: ``module.conv1 ... module.linear``) are the
+    # offline stand-in for a pretrained surrogate; they must load like load_weights loads them.
+    source = create_model("resnet20", num_classes=10).eval()
+    state = {}
+    for k, v in source.state_dict().items():
+        if k.endswith("num_batches_tracked"):
+            continue
+        state["module." + (k.replace("head.", "linear.", 1) if k.startswith("head.") else k.removeprefix("encoder."))] = v
+    torch.save({"state_dict": state, "best_prec1": 91.7}, tmp_path / "resnet20.th")
+    s = create_surrogate("classifier:resnet20", checkpoint=tmp_path / "resnet20.th")
+    x = torch.rand(3, 3, 32, 32)
+    assert torch.allclose(s(x), source.features(x), atol=1e-6)

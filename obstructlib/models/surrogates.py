@@ -36,7 +36,7 @@ from torch import nn
 from obstructlib.errors import ConfigError, ObstructError
 from obstructlib.models.cifar_resnet import IMAGENET_MEAN, IMAGENET_STD
 from obstructlib.models.clip import ClipModel, create_clip
-from obstructlib.models.registry import ImageClassifier, Normalize, create_model, list_models
+from obstructlib.models.registry import ImageClassifier, Normalize, create_model, list_models, remap_foreign_keys
 
 __all__ = ["FeatureExtractor", "create_surrogate", "resolve_surrogate_pretrained"]
 
@@ -168,6 +168,9 @@ def _build_classifier(
     if checkpoint is None:
         return create_model(arch, num_classes or 10, **kw)
     state = _classifier_state(checkpoint)
+    probe = create_model(arch, 10, **kw)  # only to learn the layout's head prefixes
+    # Released checkpoints in a foreign flat layout (akamaster's ``conv1 ... linear.*``) load too.
+    state = remap_foreign_keys(state, getattr(probe.encoder, "head_prefixes", ("linear.", "fc.", "classifier.")))
     head = state.get("head.weight")
     model = create_model(arch, num_classes or (head.shape[0] if head is not None else 10), **kw)
     try:
