@@ -263,10 +263,13 @@ def pgd(
 class _Batches:
     """Index batches of one pass, in order or a seeded permutation, minus those already done."""
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, skip_batches: int) -> None:
-        order = (
-            torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
-        )
+    def __init__(
+        self, n: int, batch_size: int, shuffle: bool, seed: int, skip_batches: int, indices: Sequence[int] | None = None
+    ) -> None:
+        # ``indices``: visit only these samples (a rank's shard, a protected subset), same seeded rule
+        pool = torch.arange(n) if indices is None else torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        perm = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed)) if shuffle else None
+        order = pool if perm is None else pool[perm]
         self.batches = list(order.split(batch_size))
         self.skip = skip_batches
 
@@ -301,6 +304,8 @@ def perturb_dataset(
     num_workers: int = 0,
     progress: bool = True,
     desc: str = "noise",
+    before_batch: Callable[[tuple, torch.Tensor], None] | None = None,
+    indices: Sequence[int] | None = None,
 ) -> torch.Tensor | None:
     """One pass of warm-started L-inf PGD over a dataset, reading and writing ``store`` by sample index.
 
@@ -335,6 +340,9 @@ def perturb_dataset(
         num_workers: DataLoader workers.
         progress: show a tqdm bar.
         desc: bar label.
+        before_batch: called as ``before_batch(batch, delta0)`` before each batch's PGD, with the
+            batch's current noise on ``device`` (MEM updates its text triggers here).
+        indices: visit only these dataset indices (a rank's shard of the noise); default all.
 
     Returns:
         The float cluster noise in cluster mode, None in sample mode.
@@ -360,7 +368,7 @@ def perturb_dataset(
     if cluster and cluster_noise is None:
         cluster_noise = store.get(range(store.num))
     indexed = IndexedDataset(dataset)
-    batches = _Batches(len(indexed), batch_size, shuffle, seed, skip_batches)
+    batches = _Batches(len(indexed), batch_size, shuffle, seed, skip_batches, indices)
     loader = DataLoader(
         indexed, batch_sampler=batches, num_workers=num_workers, pin_memory=device.type == "cuda"
     )
@@ -371,6 +379,8 @@ def perturb_dataset(
         rows = store.rows_of(idx)
         delta0 = cluster_noise[rows] if cluster else store.get(rows)
         generator = torch.Generator().manual_seed(seed * 1_000_003 + done) if random_start else None
+        if before_batch is not None:
+            before_batch(batch, delta0.to(device))
         delta = pgd(
             lambda z, b=batch: loss_fn(z, b),
             x,

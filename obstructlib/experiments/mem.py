@@ -1,0 +1,333 @@
+"""``obstruct mem``: protect image-caption pairs, let a hacker train CLIP on them, report clean retrieval.
+
+The Multimodal Unlearnable Examples experiment (Liu et al., arXiv:2407.16307) and its baselines:
+
+1. the protector perturbs every training PAIR with ``--method``: ``mem`` (per-pair image noise and
+   a ``--trigger-tokens``-token HotFlip trigger after the start token, against a ``--surrogate``
+   CLIP), ``mem-noshuffle`` (the same without caption shuffling), ``mem-classwise`` (random groups
+   of pairs share one noise and one trigger), ``em`` (image-only error-minimising noise with the
+   CLIP loss), ``tap`` (error-maximising noise against a CLIP trained on the clean pairs) or
+   ``random`` (uniform noise); ``protect_fraction < 1`` protects only a seeded fraction of the pairs;
+2. the hacker trains a FRESH ``--hacker`` CLIP (from scratch, or from ``hacker_pretrained``) on
+   the published pairs -- images quantised to 8 bits, triggers as token ids -- optionally with a
+   ``countermeasure`` (``crop``: random resized crops, ``jpeg``, ``strip``: drop the first k caption
+   tokens), and the same recipe on the clean pairs gives the ``clean`` row;
+3. both are evaluated on the CLEAN test split: image->text and text->image R@1/5/10 and median
+   rank beside the analytic chance level, plus zero-shot accuracy when the data has class labels.
+
+Every stage resumes from ``OUT/checkpoints``: the protection (``protector/``), the finished noise
+and triggers (``store/``) and both hacker trainings (``hacker_clean/``, ``hacker_protected/``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from obstructlib.data import PerturbationStore
+from obstructlib.engine import ClipTrainConfig, barrier, evaluate_clip, fit_clip, is_main_process
+from obstructlib.errors import ConfigError, check_range
+from obstructlib.experiments import Flag, RunContext, Runner, register_runner
+from obstructlib.experiments.clip_baseline import load_pairs
+from obstructlib.experiments.common import check_run_folder
+from obstructlib.methods.countermeasures import jpeg
+from obstructlib.methods.mem import MEMConfig, MEMResult, clip_error_max_noise, mem_protect
+from obstructlib.methods.mem_steps import ProtectedPairs, pair_collate, tokenize_captions
+from obstructlib.methods.poisons import ErrorMaxConfig, random_noise_store
+from obstructlib.methods.triggers import decode_trigger
+from obstructlib.metrics import chance_retrieval
+from obstructlib.models import create_clip
+from obstructlib.profiles import Profile
+
+METHODS = ("mem", "em", "tap", "random", "mem-classwise", "mem-noshuffle")
+COUNTERMEASURES = ("none", "crop", "jpeg", "strip")
+RETRIEVAL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "medr_i2t", "medr_t2i")
+
+
+@dataclass
+class MEMRunConfig:
+    """Config of ``obstruct mem``.
+
+    Attributes:
+        dataset: caption spec (``csv:PATH``, ``flickr8k``, ``synthetic-captions`` ...) or a
+            classification spec (``folder:PATH``, ``cifar10``) turned into templated captions.
+        method: one of ``mem``, ``em``, ``tap``, ``random``, ``mem-classwise``, ``mem-noshuffle``.
+        trigger_tokens: k of MEM-k (3 or 5); copied into ``mem.trigger_tokens``.
+        surrogate: the protector's CLIP architecture (paper: RN50).
+        surrogate_pretrained: open_clip tag for the fine-tuning setting; None: from scratch.
+        hacker: the hacker's CLIP architecture (transfer: e.g. RN50 noise, ViT-B-32 hacker).
+        hacker_pretrained: open_clip tag the hacker fine-tunes from; None: from scratch.
+        image_size: square side in pixels of the stored images (and of the noise).
+        model_image_size: input side of both CLIPs (None: the architecture's own; the model resizes
+            the [0, 1] images itself, so the noise stays in the stored images' pixels).
+        context_length: tokens per caption for both CLIPs (None: the architecture's own).
+        max_train_samples: seeded subset of training IMAGES (all their captions kept); None: all.
+        max_test_samples: the same for the test split.
+        captions_per_image: templated captions per image (classification data only).
+        protect_fraction: fraction of the training pairs published protected (partial protection).
+        num_groups: groups of ``mem-classwise`` (pairs assigned at random).
+        eps: L-inf budget of every method, [0, 1] pixel units; copied into ``mem``, ``em``, ``tap``.
+        countermeasure: the hacker's defence, ``none``, ``crop``, ``jpeg`` or ``strip``; applied to
+            the clean row too, so the drop measures the protection, not the defence.
+        crop_scale: smallest area fraction of ``crop`` (RandomResizedCrop scale ``(crop_scale, 1)``).
+        jpeg_quality: quality of ``jpeg``.
+        strip_tokens: tokens ``strip`` drops after the start token (None: ``trigger_tokens``).
+        mem: MEM's schedule (official defaults: :meth:`MEMConfig.paper`).
+        em: the EM baseline's schedule (:meth:`MEMConfig.em`).
+        tap: the error-maximising baseline (one pass, 8 steps of 1/255).
+        train: the hacker's recipe (official: AdamW 5e-4, wd 0.2, batch 128, 32 epochs, 10k warmup);
+            also trains TAP's clean CLIP.
+    """
+
+    dataset: str = "synthetic-captions"
+    method: str = "mem"
+    trigger_tokens: int = 3
+    surrogate: str = "tiny-rn"
+    surrogate_pretrained: str | None = None
+    hacker: str = "tiny-rn"
+    hacker_pretrained: str | None = None
+    image_size: int = 32
+    model_image_size: int | None = None
+    context_length: int | None = None
+    max_train_samples: int | None = 200
+    max_test_samples: int | None = 100
+    captions_per_image: int = 1
+    protect_fraction: float = 1.0
+    num_groups: int = 10
+    eps: float = 8 / 255
+    countermeasure: str = "none"
+    crop_scale: float = 0.5
+    jpeg_quality: int = 10
+    strip_tokens: int | None = None
+    mem: MEMConfig = field(default_factory=MEMConfig.paper)
+    em: MEMConfig = field(default_factory=MEMConfig.em)
+    tap: ErrorMaxConfig = field(default_factory=lambda: ErrorMaxConfig(steps=8, step_size=1 / 255,
+                                                                       batch_size=128, random_start=False))
+    train: ClipTrainConfig = field(default_factory=ClipTrainConfig)
+
+    def validate(self) -> None:
+        """Raise one-line :class:`ConfigError` for bad values (before anything runs)."""
+        if self.method not in METHODS:
+            raise ConfigError(f"method={self.method!r}: use one of {', '.join(METHODS)}")
+        if self.countermeasure not in COUNTERMEASURES:
+            raise ConfigError(f"countermeasure={self.countermeasure!r}: use one of {', '.join(COUNTERMEASURES)}")
+        check_range("trigger_tokens", self.trigger_tokens, 1, 20)
+        check_range("eps", self.eps, 0.0, 127 / 255)
+        check_range("image_size", self.image_size, 8, 1024)
+        check_range("protect_fraction", self.protect_fraction, 0.0, 1.0)
+        check_range("crop_scale", self.crop_scale, 0.05, 1.0)
+        check_range("jpeg_quality", self.jpeg_quality, 1, 100)
+        check_range("captions_per_image", self.captions_per_image, 1, 100)
+        if self.num_groups < 1:
+            raise ConfigError(f"num_groups={self.num_groups}: use at least 1 group")
+        if self.context_length is not None and self.context_length < self.trigger_tokens + 4:
+            raise ConfigError(f"context_length={self.context_length} leaves no room for a "
+                              f"{self.trigger_tokens}-token trigger: use at least {self.trigger_tokens + 4}")
+        for name in ("max_train_samples", "max_test_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 2:
+                raise ConfigError(f"{name}={value}: use at least 2, or none for the whole split")
+        # One budget and one trigger length for every method: copied in, so results.json shows them.
+        self.mem.eps = self.em.eps = self.tap.eps = self.eps
+        self.mem.trigger_tokens = self.trigger_tokens
+        self.em.trigger_tokens = 0
+        for part in (self.mem, self.em, self.tap, self.train):
+            part.validate()
+
+    @classmethod
+    def for_profile(cls, profile: Profile) -> MEMRunConfig:
+        """Defaults scaled to a profile (the only place the profile enters).
+
+        - quick (CPU, offline, minutes): 600 synthetic-shape images with one templated caption each
+          (``synthetic``: like CIFAR-10 with CLIP prompts, so zero-shot accuracy is measured too),
+          tiny-rn surrogate and hacker at 32 px from scratch, context 20; MEM 3 rounds x 20
+          theta-steps, the trigger searched in the first round with K = 8, 4 PGD steps of 2/255 at
+          batch 64; the hacker trains 150 steps of batch 64 at lr 1e-3. (On the compositional
+          ``synthetic-captions`` set, 200 images x 5 captions, the same schedule did NOT lower the
+          hacker's retrieval: its captions tell images apart, the shortcut brings no advantage.)
+        - colab (one GPU): the profile's caption set (Flickr8k) at 224 px, RN50 surrogate from
+          scratch, ViT-B-32 hacker fine-tuned from OpenAI weights for 2,000 steps; MEM with the
+          fine-tuning-setting schedule scaled to 5 rounds.
+        - paper: the official settings -- RN50 surrogate and hacker from scratch at 224 px, MEM
+          20 rounds x 200 steps, 5 text rounds, K 16, 8 PGD steps of 1/255, batch 128; hacker
+          AdamW 5e-4, wd 0.2, 32 epochs, 10,000 warmup steps.
+        """
+        hacker = ClipTrainConfig(lr=5e-4, weight_decay=0.2, betas=(0.9, 0.999), eps=1e-8, batch_size=128,
+                                 steps=None, epochs=32, warmup_steps=10_000, num_workers=profile.num_workers)
+        if profile.name == "quick":
+            surrogate = ClipTrainConfig(lr=1e-3, weight_decay=0.2, betas=(0.9, 0.999), eps=1e-8, warmup_steps=0)
+            mem = MEMConfig(rounds=3, train_steps=20, text_rounds=1, num_candidates=8, pgd_steps=4,
+                            step_size=2 / 255, batch_size=64, surrogate=surrogate)
+            em = dataclasses.replace(mem, trigger_tokens=0, text_rounds=0, shuffle_captions=False)
+            train = dataclasses.replace(hacker, lr=1e-3, batch_size=64, steps=150, epochs=None, warmup_steps=15,
+                                        log_every=5)
+            return cls(dataset=profile.image_dataset, image_size=32, context_length=20, max_train_samples=600,
+                       max_test_samples=300, mem=mem, em=em, tap=ErrorMaxConfig(steps=4, step_size=2 / 255,
+                       batch_size=64, random_start=False), train=train)
+        if profile.name == "colab":
+            mem = dataclasses.replace(MEMConfig.finetune(), rounds=5)
+            return cls(dataset=profile.caption_dataset, surrogate="RN50", hacker="ViT-B-32",
+                       hacker_pretrained=profile.clip_pretrained, image_size=224,
+                       max_train_samples=profile.max_train_samples, max_test_samples=1000, mem=mem,
+                       train=dataclasses.replace(hacker, lr=profile.clip_lr, steps=profile.train_steps,
+                                                 epochs=None, warmup_steps=100))
+        return cls(dataset=profile.caption_dataset, surrogate="RN50", hacker="RN50", image_size=224,
+                   max_train_samples=None, max_test_samples=None, train=hacker)
+
+
+# ---- protection ------------------------------------------------------------------------------
+def _clip(cfg: MEMRunConfig, arch: str, pretrained: str | None, ctx: RunContext) -> Any:
+    kw = {} if cfg.context_length is None else {"context_length": cfg.context_length}
+    return create_clip(arch, pretrained, device=ctx.device, image_size=cfg.model_image_size, **kw)
+
+
+def _protect(cfg: MEMRunConfig, ctx: RunContext, train: Any) -> tuple[MEMResult, dict[str, Any]]:
+    """Run ``cfg.method`` on the training pairs; returns the noise, triggers and a summary."""
+    work = ctx.stage_dir("protector")
+    n, shape = len(train), tuple(train[0][0].shape)
+    empty = torch.zeros(n, 0, dtype=torch.long)
+    if cfg.method == "random":
+        with ctx.timer("noise_generation"):
+            store = random_noise_store(n, shape, cfg.eps, seed=ctx.seed)
+        return MEMResult(store, empty, np.arange(n), []), {}
+    torch.manual_seed(ctx.seed)
+    surrogate = _clip(cfg, cfg.surrogate, cfg.surrogate_pretrained, ctx)
+    if cfg.method == "tap":  # error-maximising noise needs a CLIP trained on the clean pairs
+        with ctx.timer("surrogate_training"):
+            fit_clip(surrogate, train, cfg.train, ctx.device, progress=ctx.progress,
+                     ckpt_dir=None if work is None else work / "clean_clip")
+        tap = dataclasses.replace(cfg.tap, seed=ctx.seed)
+        with ctx.timer("noise_generation"):
+            store = clip_error_max_noise(surrogate, train, tap, ctx.device, progress=ctx.progress)
+        return MEMResult(store, empty, np.arange(n), []), {}
+    if cfg.method == "em":
+        recipe = dataclasses.replace(cfg.em, seed=ctx.seed)
+    else:
+        recipe = dataclasses.replace(cfg.mem, seed=ctx.seed, shuffle_captions=cfg.method != "mem-noshuffle",
+                                     num_groups=cfg.num_groups if cfg.method == "mem-classwise" else None)
+    with ctx.timer("noise_generation"):
+        result = mem_protect(surrogate, train, recipe, ctx.device, progress=ctx.progress, ckpt_dir=work)
+    info = {"history": result.history,
+            "trigger_examples": [decode_trigger(surrogate.tokenizer, t) for t in result.triggers[:8]]}
+    return result, info
+
+
+def _stored_protection(cfg: MEMRunConfig, ctx: RunContext, train: Any) -> tuple[MEMResult, dict, bool]:
+    """The finished protection of this run folder, or a new one (saved before the hacker trains)."""
+    folder = ctx.stage_dir("store")
+    if folder is not None and (folder / "protect.json").is_file():
+        meta = json.loads((folder / "protect.json").read_text())
+        store = PerturbationStore.load(folder / "store.npy")
+        result = MEMResult(store, torch.from_numpy(np.load(folder / "triggers.npy")),
+                           np.load(folder / "trigger_rows.npy"), meta["info"].get("history", []))
+        return result, meta["info"], True
+    result, info = _protect(cfg, ctx, train)
+    if folder is not None and is_main_process():  # under torchrun every rank holds the same result
+        result.store.save(folder / "store.npy")
+        np.save(folder / "triggers.npy", result.triggers.numpy())
+        np.save(folder / "trigger_rows.npy", result.trigger_rows)
+        payload = {"method": cfg.method, "num_pairs": len(train), "info": info}
+        (folder / "protect.json").write_text(json.dumps(payload))  # written last: the marker
+    barrier()
+    return result, info, False
+
+
+# ---- the hacker ------------------------------------------------------------------------------
+def _image_defence(cfg: MEMRunConfig) -> Any:
+    if cfg.countermeasure == "jpeg":
+        return lambda x: jpeg(x, quality=cfg.jpeg_quality)
+    if cfg.countermeasure == "crop":
+        from torchvision.transforms import RandomResizedCrop
+
+        return RandomResizedCrop(cfg.image_size, scale=(cfg.crop_scale, 1.0), antialias=True)
+    return None
+
+
+def _train_hacker(cfg: MEMRunConfig, ctx: RunContext, train: Any, result: MEMResult | None,
+                  protected: np.ndarray, tag: str) -> tuple[Any, dict[str, list[float]]]:
+    torch.manual_seed(ctx.seed)  # clean and protected hackers start from the same weights
+    model = _clip(cfg, cfg.hacker, cfg.hacker_pretrained, ctx)
+    if result is not None and result.triggers.numel() and int(result.triggers.max()) >= model.vocab_size:
+        raise ConfigError(f"the triggers are ids of a {int(result.triggers.max()) + 1}+ token vocabulary, the hacker "
+                          f"{cfg.hacker} has {model.vocab_size}: pick a hacker with the surrogate's tokenizer")
+    strip = (cfg.strip_tokens if cfg.strip_tokens is not None else cfg.trigger_tokens) if cfg.countermeasure == "strip" else 0
+    data = ProtectedPairs(train, tokenize_captions(model, train.captions), model.eot_token_id,
+                          None if result is None else result.store, None if result is None else result.triggers,
+                          None if result is None else result.trigger_rows, protected, quantize=True,
+                          transform=_image_defence(cfg), strip_first=strip)
+    history = fit_clip(model, data, cfg.train, ctx.device, ckpt_dir=ctx.stage_dir(tag), progress=ctx.progress,
+                       collate=pair_collate)
+    return model, history
+
+
+def _row(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if k in RETRIEVAL_KEYS or k == "zero_shot_acc"}
+
+
+def run(cfg: MEMRunConfig, ctx: RunContext) -> dict[str, Any]:
+    """Protect, train clean and protected hackers, evaluate both on the clean test split."""
+    check_run_folder(cfg, ctx)
+    with ctx.timer("data"):
+        kw = {"image_size": cfg.image_size, "captions_per_image": cfg.captions_per_image, "seed": ctx.seed,
+                  "progress": ctx.progress}
+        train = load_pairs(cfg.dataset, ctx.data_root, "train", max_samples=cfg.max_train_samples, **kw)
+        test = load_pairs(cfg.dataset, ctx.data_root, "test", max_samples=cfg.max_test_samples, **kw)
+        if hasattr(train, "decode_all") and train.num_images * cfg.image_size**2 * 3 < 2**31:
+            train.decode_all()  # decode once: every round reads every pair
+    used = [(cfg.train, "train")] + [(cfg.mem, "mem")] * cfg.method.startswith("mem") + [(cfg.em, "em")] * (cfg.method == "em")
+    for part, name in used:
+        if part.batch_size > len(train):
+            raise ConfigError(f"{name}.batch_size={part.batch_size} exceeds the {len(train)} training pairs: lower it")
+    result, info, resumed = _stored_protection(cfg, ctx, train)
+    rng = np.random.default_rng(ctx.seed + 17)
+    protected = np.zeros(len(train), bool)
+    protected[rng.permutation(len(train))[: round(cfg.protect_fraction * len(train))]] = True
+    with ctx.timer("hacker_clean"):
+        clean_model, clean_hist = _train_hacker(cfg, ctx, train, None, protected, "hacker_clean")
+    with ctx.timer("hacker_protected"):
+        prot_model, prot_hist = _train_hacker(cfg, ctx, train, result, protected, "hacker_protected")
+    with ctx.timer("evaluate"):
+        clean, prot = evaluate_clip(clean_model, test, ctx.device), evaluate_clip(prot_model, test, ctx.device)
+    per_image = max(1, round(len(test) / test.num_images))
+    chance = chance_retrieval(test.num_images, per_image)
+    if "zero_shot_acc" in clean and getattr(test, "classes", None):
+        chance["zero_shot_acc"] = 1.0 / len(test.classes)
+    steps = len(clean_hist.get("step", [])) and clean_hist["step"][-1]
+    gen_s = ctx.timings_s.get("noise_generation", 0.0)
+    step_s = ctx.timings_s["hacker_clean"] / max(steps, 1)
+    return {
+        "clean": _row(clean), "protected": _row(prot), "chance": chance,
+        "drop": {k: _row(clean)[k] - _row(prot)[k] for k in _row(prot) if not k.startswith("medr")},
+        "noise_bytes_per_pair": result.bytes_per_pair,
+        "noise_linf": float(np.abs(result.store.data.astype(np.int16)).max()) / 255.0 if result.store.data.size else 0.0,
+        "throughput": {"noise_pairs_per_s": len(train) / gen_s if gen_s else None,
+                       "clip_train_steps_per_s": 1.0 / step_s if step_s else None,
+                       "noise_cost_in_train_steps": gen_s / step_s if step_s else None},
+        "curves": {"clean": {"step": clean_hist.get("step", []), "loss": clean_hist.get("loss", [])},
+                   "protected": {"step": prot_hist.get("step", []), "loss": prot_hist.get("loss", [])}},
+        "method": cfg.method, "countermeasure": cfg.countermeasure, "protect_fraction": cfg.protect_fraction,
+        "num_train_pairs": len(train), "num_train_images": int(train.num_images),
+        "num_test_images": int(test.num_images), "store_mode": result.store.mode,
+        "store_resumed": resumed, "protection": info,
+    }
+
+
+register_runner(Runner(
+    name="mem",
+    help="Multimodal Unlearnable Examples and baselines: protect image-caption pairs, train a hacker CLIP, report clean retrieval",
+    config_for=MEMRunConfig.for_profile,
+    run=run,
+    flags=(
+        Flag("--dataset", "dataset", "caption spec (csv:PATH, flickr8k, synthetic-captions) or folder:PATH/cifar10"),
+        Flag("--method", "method", "protection: " + ", ".join(METHODS)),
+        Flag("--trigger-tokens", "trigger_tokens", "trigger length k (MEM-3: 3, MEM-5: 5)"),
+        Flag("--surrogate", "surrogate", "protector's CLIP architecture (tiny-rn, RN50, ViT-B-32 ...)"),
+        Flag("--hacker", "hacker", "hacker's CLIP architecture"),
+        Flag("--countermeasure", "countermeasure", "hacker's defence: " + ", ".join(COUNTERMEASURES)),
+    ),
+))

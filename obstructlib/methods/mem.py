@@ -1,0 +1,348 @@
+"""Multimodal Unlearnable Examples (MEM): per-pair image noise + text trigger against CLIP training.
+
+MEM solves a three-player error-minimisation over image-caption pairs (Liu et al., Sec. 3):
+
+    min_theta  min_{|delta_i|_inf <= eps}  min_{t_i in V^k}  sum_i L_CLIP(theta; x_i + delta_i, t_i + c_i)
+
+by alternating, every round, (1) ``train_steps`` AdamW steps of a surrogate CLIP on the current
+protected pairs (theta), (2) one pass over all pairs in which every batch gets, in the first
+``text_rounds`` rounds, a HotFlip update of its k-token triggers (t, unshuffled captions) and then
+``pgd_steps`` signed-gradient DESCENT steps on its image noise (delta) with the caption BODIES
+shuffled inside the batch at every step while each trigger stays with its image. A hacker who
+trains CLIP on the published pairs learns the easy link delta_i <-> t_i instead of the images'
+content, and retrieval on clean test data collapses.
+
+:func:`mem_protect` runs MEM-k (``trigger_tokens = 3`` or ``5``), its ablations (no caption
+shuffling, class-wise noise and triggers) and, with ``trigger_tokens = 0``, the image-only EM
+baseline adapted to the CLIP loss (:meth:`MEMConfig.em`); :func:`clip_error_max_noise` is the
+error-MAXIMISING baseline against a clean CLIP. Noise lives in a :class:`PerturbationStore`
+(int8 pixel units, memory-mapped when large), triggers as int64 token ids.
+
+Deliberate deviations from the official code (flagged where they happen): special tokens are
+never trigger candidates; triggers start uniform over the whole non-special vocabulary; the
+surrogate trains on ``clip(x + delta)`` rounded to whole 1/255 units (the stored noise); the
+noise is bounded in [0, 1] pixel units rather than divided by the CLIP std per channel (the same
+ball: 8/255 per channel); no fp16 GradScaler (bf16 autocast on CUDA, fp32 on CPU).
+
+References:
+    Liu et al., Multimodal Unlearnable Examples: Protecting Data against Multimodal Contrastive
+    Learning, ACM MM 2024, arXiv:2407.16307.
+    Huang et al., Unlearnable Examples, arXiv:2101.04898 (the min-min image step).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from obstructlib.data import PerturbationStore
+from obstructlib.engine import (
+    ClipTrainConfig,
+    has_checkpoint,
+    load_checkpoint,
+    resolve_device,
+    save_checkpoint,
+)
+from obstructlib.engine.clip import _adamw
+from obstructlib.engine.distributed import barrier, is_main_process
+from obstructlib.errors import ConfigError, check_range
+from obstructlib.methods.mem_steps import (
+    PairState,
+    ProtectedPairs,
+    clip_batch_loss,
+    pair_collate,
+    shard_of,
+    surrogate_steps,
+    sync_shards,
+    tokenize_captions,
+)
+from obstructlib.methods.perturb import frozen, perturb_dataset
+from obstructlib.methods.poisons import ErrorMaxConfig, _drop_other_noise, _load_noise, _save_noise
+from obstructlib.methods.triggers import random_trigger
+
+__all__ = ["MEMConfig", "MEMResult", "clip_error_max_noise", "mem_protect"]
+
+
+@dataclass
+class MEMConfig:
+    """MEM's schedule; defaults are the official from-scratch code's (``src/poison_train.py``).
+
+    Attributes:
+        trigger_tokens: k, trigger length (MEM-3: 3, MEM-5: 5; 0: image-only EM).
+        rounds: T, outer rounds (20).
+        text_rounds: rounds (the first ones) in which HotFlip updates the triggers (5).
+        train_steps: M, surrogate AdamW steps per round (200), continuing one shuffled order.
+        pgd_steps: S, signed-gradient steps per batch and round on the image noise (8).
+        eps: L-inf budget in [0, 1] pixel units (8/255).
+        step_size: PGD step in pixel units (1/255).
+        num_candidates: K, HotFlip candidates per trigger position (16); beam 1, greedy.
+        batch_size: B, pairs per batch in every step (128).
+        shuffle_captions: shuffle caption bodies inside the batch at every PGD step (True;
+            False is the "w/o shuffle" ablation).
+        num_groups: class-wise MEM: pairs are assigned at random to this many groups sharing one
+            noise and one trigger (official ``poison_class.py``); None: per pair (MEM).
+        surrogate: the surrogate's AdamW (lr 1e-4, wd 0.2 off gains/biases/embeddings,
+            betas (0.9, 0.999), eps 1e-8; the official cosine scheduler is never stepped, so the
+            lr is constant; ``steps``/``warmup_steps`` are unused here).
+        seed: seed of orders, permutations and the trigger init.
+        amp: autocast on CUDA (no effect on CPU).
+        num_workers: DataLoader workers.
+    """
+
+    trigger_tokens: int = 3
+    rounds: int = 20
+    text_rounds: int = 5
+    train_steps: int = 200
+    pgd_steps: int = 8
+    eps: float = 8 / 255
+    step_size: float = 1 / 255
+    num_candidates: int = 16
+    batch_size: int = 128
+    shuffle_captions: bool = True
+    num_groups: int | None = None
+    surrogate: ClipTrainConfig = field(default_factory=lambda: ClipTrainConfig(
+        lr=1e-4, weight_decay=0.2, betas=(0.9, 0.999), eps=1e-8, warmup_steps=0, batch_size=128))
+    seed: int = 0
+    amp: bool = True
+    num_workers: int = 0
+
+    @classmethod
+    def paper(cls, trigger_tokens: int = 3) -> MEMConfig:
+        """MEM-k from scratch, the official defaults (``--token_num k``)."""
+        return cls(trigger_tokens=trigger_tokens)
+
+    @classmethod
+    def finetune(cls, trigger_tokens: int = 3) -> MEMConfig:
+        """The official variant for a PRETRAINED surrogate (``poison_train_finetune.py``): 10 rounds,
+        50 theta-steps, triggers updated in the first 2 rounds, 6 candidates."""
+        return cls(trigger_tokens=trigger_tokens, rounds=10, train_steps=50, text_rounds=2, num_candidates=6)
+
+    @classmethod
+    def em(cls) -> MEMConfig:
+        """Image-only error-minimising noise with the CLIP loss (official ``poison_mm.py``): 5 rounds x
+        (50 theta-steps + one PGD pass of 8 steps), no trigger, each image with its own caption."""
+        return cls(trigger_tokens=0, rounds=5, text_rounds=0, train_steps=50, shuffle_captions=False)
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for values outside their ranges."""
+        check_range("eps", self.eps, 0.0, 127 / 255)
+        check_range("step_size", self.step_size, 0.0, 1.0)
+        check_range("trigger_tokens", self.trigger_tokens, 0, 20)
+        for name in ("rounds", "batch_size", "num_candidates"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)}: use a positive integer")
+        for name in ("text_rounds", "train_steps", "pgd_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)}: use 0 or more")
+        if self.num_groups is not None and self.num_groups < 1:
+            raise ConfigError(f"num_groups={self.num_groups}: use a positive number of groups, or none")
+        self.surrogate.validate()
+
+
+@dataclass
+class MEMResult:
+    """What :func:`mem_protect` returns.
+
+    Attributes:
+        store: image noise, one row per pair (or per group for class-wise MEM).
+        triggers: int64 token ids ``(rows, k)`` (``k = 0`` for EM).
+        trigger_rows: pair -> trigger row ``(N,)``.
+        history: one record per round: ``round``, ``train_loss`` (mean of its theta-steps),
+            ``protected_loss`` (surrogate loss on protected batches after the round: the
+            shortcut's strength), ``text_loss_before``/``text_loss_after`` (mean HotFlip batch
+            loss, text rounds only) and ``seconds``.
+        seconds: wall time of the whole generation.
+    """
+
+    store: PerturbationStore
+    triggers: torch.Tensor
+    trigger_rows: np.ndarray
+    history: list[dict[str, float]]
+    seconds: float = 0.0
+
+    @property
+    def bytes_per_pair(self) -> float:
+        """Bytes published per pair: int8 noise (per pair or shared) plus the trigger ids (int32 suffices)."""
+        n = len(self.trigger_rows)
+        return (self.store.nbytes + 4 * self.triggers.numel()) / max(n, 1)
+
+    def dataset(self, pairs: Dataset, model: nn.Module, **kwargs: Any) -> ProtectedPairs:
+        """The protected pairs for ``model``'s tokenizer (kwargs as :class:`ProtectedPairs`)."""
+        return ProtectedPairs(pairs, tokenize_captions(model, pairs.captions), model.eot_token_id,  # type: ignore[attr-defined]
+                              self.store, self.triggers, self.trigger_rows, **kwargs)
+
+
+def _mean_loss(model: nn.Module, data: ProtectedPairs, cfg: MEMConfig, device: torch.device, max_batches: int = 8) -> float:
+    """Surrogate loss on (up to ``max_batches``) protected batches: the shortcut's strength."""
+    loader = torch.utils.data.DataLoader(data, batch_size=min(cfg.batch_size, len(data)), collate_fn=pair_collate)
+    losses = []
+    with torch.no_grad():
+        for b, (x, t) in enumerate(loader):
+            if b == max_batches:
+                break
+            losses.append(float(clip_batch_loss(model, x.to(device), t.to(device), cfg.amp, gather=False)))
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def _init_state(pairs: Dataset, model: nn.Module, cfg: MEMConfig, shape: tuple) -> tuple:
+    n = len(pairs)  # type: ignore[arg-type]
+    if cfg.num_groups is None:
+        store, rows = PerturbationStore(n, shape, cfg.eps), np.arange(n)
+    else:  # class-wise: random groups share one noise and one trigger (official poison_class.py)
+        rows = np.random.default_rng(cfg.seed).integers(0, cfg.num_groups, n)
+        store = PerturbationStore(cfg.num_groups, shape, cfg.eps, mode="cluster", assignments=rows)
+    g = torch.Generator().manual_seed(cfg.seed)
+    triggers = random_trigger(int(rows.max()) + 1 if n else 0, cfg.trigger_tokens, model.vocab_size,
+                              model.special_token_ids, g)
+    return store, triggers, rows
+
+
+def mem_protect(
+    model: nn.Module,
+    pairs: Dataset,
+    cfg: MEMConfig,
+    device: torch.device | str | None,
+    *,
+    progress: bool = True,
+    ckpt_dir: str | os.PathLike | None = None,
+    callback: Callable[[int, dict[str, float]], bool | None] | None = None,
+) -> MEMResult:
+    """Multi-step error minimisation: image noise and text triggers for every image-caption pair.
+
+    Args:
+        model: the surrogate ``ClipModel`` (random init: the paper's main setting; pretrained:
+            the fine-tuning setting, use :meth:`MEMConfig.finetune`); trained in place, left in eval mode.
+        pairs: caption dataset, items ``(image (C, H, W) in [0, 1], caption, image_id)`` with a
+            ``captions`` list; no random augmentation.
+        cfg: the schedule (:meth:`MEMConfig.paper`, :meth:`MEMConfig.em` ...).
+        device: device or name.
+        progress: progress bars.
+        ckpt_dir: round checkpoints (surrogate + optimizer, noise file, triggers); a later call
+            with the same directory resumes after the last finished round.
+        callback: ``callback(round, record)`` after each round; return True to stop (resumable).
+
+    Returns:
+        A :class:`MEMResult`. Under ``torchrun`` each rank runs the noise pass on its shard of the
+        pairs (``rank::world``) and the shards are exchanged after every pass.
+
+    Shape:
+        ``result.store.get(rows)``: ``(B, C, H, W)``; ``result.triggers``: ``(rows, k)``.
+
+    References:
+        Liu et al., arXiv:2407.16307 (Alg. 1: theta-, t- and delta-steps; caption shuffling).
+
+    Example:
+        >>> clip = create_clip("tiny-rn")                                          # doctest: +SKIP
+        >>> res = mem_protect(clip, pairs, MEMConfig(rounds=2, train_steps=10), "cpu")  # doctest: +SKIP
+        >>> protected = res.dataset(pairs, clip)                                   # doctest: +SKIP
+    """
+    cfg.validate()
+    device = resolve_device(device)
+    if len(pairs) < 2 or not hasattr(pairs, "captions"):  # type: ignore[arg-type]
+        raise ConfigError("mem_protect needs a caption dataset with at least 2 pairs (e.g. CaptionDataset)")
+    start = time.perf_counter()
+    model.to(device)
+    shape = tuple(pairs[0][0].shape)
+    store, triggers, rows = _init_state(pairs, model, cfg, shape)
+    tokens = tokenize_captions(model, pairs.captions)  # type: ignore[attr-defined]
+    opt = _adamw(model, cfg.surrogate)
+    ckpt = None if ckpt_dir is None else Path(ckpt_dir)
+    state: dict[str, Any] = {"round": 0, "train_batches": 0, "history": []}
+    cluster_noise = None
+    if ckpt is not None and has_checkpoint(ckpt / "surrogate"):
+        meta = load_checkpoint(ckpt / "surrogate", model, opt)
+        if meta["config"] != asdict(cfg):
+            raise ConfigError(f"{ckpt} holds a MEM run with another config: use a new ckpt_dir or delete it")
+        state, triggers = meta["extra"]["state"], meta["extra"]["triggers"].clone()
+        store, cluster_noise = _load_noise(ckpt, meta["extra"]["noise_file"]), meta["extra"].get("cluster_noise")
+    data = ProtectedPairs(pairs, tokens, model.eot_token_id, store, triggers, rows, quantize=True)
+    players = PairState(model, tokens, triggers, rows, cfg.num_candidates, cfg.shuffle_captions, cfg.amp)
+    shard = shard_of(len(pairs)) if cfg.num_groups is None else None  # type: ignore[arg-type]
+    while state["round"] < cfg.rounds:
+        r, t0 = state["round"], time.perf_counter()
+        # (1) theta-step: M surrogate steps on the current protected pairs
+        state["train_batches"], train_loss = surrogate_steps(
+            model, opt, data, steps=cfg.train_steps, batch_size=cfg.batch_size, seed=cfg.seed,
+            done=state["train_batches"], device=device, amp=cfg.amp,
+            max_logit_scale=cfg.surrogate.max_logit_scale, num_workers=cfg.num_workers)
+        # (2) one pass: t-step (early rounds) then delta-step on every batch; model frozen, eval mode
+        model.eval()
+        players.generator.manual_seed(cfg.seed * 1_000_003 + r)
+        players.text_losses.clear()
+        text = players.text_step if (cfg.trigger_tokens and r < cfg.text_rounds) else None
+        with frozen(model):
+            cluster_noise = perturb_dataset(
+                store, pairs, players.image_loss, step_size=cfg.step_size, steps=cfg.pgd_steps,
+                device=device, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed * 7919 + r,
+                cluster_noise=cluster_noise, num_workers=cfg.num_workers, progress=progress,
+                desc=f"MEM round {r + 1}/{cfg.rounds}", before_batch=text, indices=shard)
+        if shard is not None:
+            sync_shards(store, triggers, rows)
+        record = {"round": r + 1, "train_loss": train_loss, "protected_loss": _mean_loss(model, data, cfg, device),
+                  "seconds": time.perf_counter() - t0}
+        if players.text_losses:
+            before, after = np.mean(players.text_losses, axis=0)
+            record.update(text_loss_before=float(before), text_loss_after=float(after))
+        state["round"] = r + 1
+        state["history"].append(record)
+        stop = bool(callback(r + 1, record)) if callback is not None else False
+        if ckpt is not None and is_main_process():
+            name = _save_noise(ckpt, store, r + 1)
+            extra = {"state": state, "noise_file": name, "triggers": triggers.clone()}
+            if cluster_noise is not None:
+                extra["cluster_noise"] = cluster_noise
+            save_checkpoint(ckpt / "surrogate", model, opt, step=r + 1, config=asdict(cfg), extra=extra)
+            _drop_other_noise(ckpt, name)
+        barrier()  # the other ranks wait for the checkpoint before a possible stop
+        if stop:
+            break
+    model.eval()
+    return MEMResult(store, triggers, rows, state["history"], time.perf_counter() - start)
+
+
+def clip_error_max_noise(
+    model: nn.Module,
+    pairs: Dataset,
+    cfg: ErrorMaxConfig,
+    device: torch.device | str | None,
+    *,
+    progress: bool = True,
+) -> PerturbationStore:
+    """Error-MAXIMISING image noise against a CLEAN CLIP (the TAP-like baseline, ``poison_max.py``).
+
+    One pass of PGD ASCENT on L_CLIP of each batch with its own captions, the model frozen.
+
+    Args:
+        model: a CLIP trained on the clean pairs.
+        pairs: caption dataset (``captions`` list, items ``(image, caption, image_id)``).
+        cfg: budget, step, steps, batch (``random_start`` as the config says).
+        device: device or name.
+        progress: progress bar.
+
+    Returns:
+        A sample-mode store with one row per pair.
+
+    References:
+        Fowl et al., Adversarial Examples Make Strong Poisons, arXiv:2106.10807; Liu et al., arXiv:2407.16307.
+    """
+    cfg.validate()
+    device = resolve_device(device)
+    model.to(device).eval()
+    tokens = tokenize_captions(model, pairs.captions)  # type: ignore[attr-defined]
+    store = PerturbationStore(len(pairs), tuple(pairs[0][0].shape), cfg.eps)  # type: ignore[arg-type]
+    empty = torch.zeros(len(pairs), 0, dtype=torch.long)  # type: ignore[arg-type]
+    players = PairState(model, tokens, empty, np.arange(len(pairs)), 1, False, cfg.amp)  # type: ignore[arg-type]
+    with frozen(model):
+        perturb_dataset(store, pairs, players.image_loss, step_size=cfg.step_size, steps=cfg.steps, device=device,
+                        batch_size=cfg.batch_size, minimize=False, shuffle=True, seed=cfg.seed,
+                        random_start=cfg.random_start, progress=progress, desc="error-max noise")
+    return store

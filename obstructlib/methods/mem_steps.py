@@ -1,0 +1,271 @@
+"""MEM's building blocks: protected pairs, the CLIP loss closures of its three players, shard sync.
+
+:mod:`obstructlib.methods.mem` chains them into the min-min-min loop. Everything here works on
+image-caption PAIRS (one row per pair, not per image or class): pair ``i`` owns noise row
+``store.rows_of(i)`` and trigger row ``trigger_rows[i]``.
+
+References:
+    Liu et al., Multimodal Unlearnable Examples (MEM), arXiv:2407.16307.
+    Radford et al., CLIP, arXiv:2103.00020 (the symmetric InfoNCE loss).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from obstructlib.data import PerturbationStore
+from obstructlib.engine import autocast, clip_loss, get_rank, get_world_size
+from obstructlib.engine.distributed import epoch_loader, is_distributed, unwrap, wrap_ddp
+from obstructlib.errors import ConfigError
+from obstructlib.methods.triggers import hotflip_attack, insert_trigger, strip_tokens
+
+__all__ = ["ProtectedPairs", "pair_collate", "tokenize_captions"]
+
+
+def tokenize_captions(model: nn.Module, captions: Sequence[str], chunk: int = 4096) -> torch.Tensor:
+    """Every caption tokenised once with the model's tokenizer (int32 to halve the memory).
+
+    Shape:
+        Returns ``(N, context_length)`` int32 on CPU.
+    """
+    bare = unwrap(model)
+    parts = [bare.tokenize(list(captions[i : i + chunk])).to(torch.int32) for i in range(0, len(captions), chunk)]
+    if not parts:
+        raise ConfigError("no captions to tokenise: the caption dataset is empty")
+    return torch.cat(parts)
+
+
+class ProtectedPairs(Dataset):
+    """Pairs as the surrogate (and the hacker) see them: ``(clip(x_i + delta_i), t_i + c_i)`` as token ids.
+
+    Args:
+        pairs: caption dataset, items ``(image float (C, H, W) in [0, 1], caption, image_id)``,
+            no random augmentation (the noise is pixel-aligned).
+        tokens: every caption's ids from :func:`tokenize_captions` ``(N, L)``.
+        eot_token_id: the tokenizer's end-of-text id.
+        store: image noise (None: clean images).
+        triggers: trigger ids ``(R, k)`` (None or ``k = 0``: no trigger).
+        trigger_rows: pair -> trigger row (default: pair ``i`` uses row ``i``).
+        protected: boolean mask of the pairs that carry noise and trigger (partial protection);
+            default all.
+        quantize: round the image to 8 bits, as a published JPEG/PNG file holds it.
+        transform: per-image countermeasure after protection (JPEG, random resized crop ...).
+        strip_first: the hacker drops this many tokens after the start token (countermeasure).
+
+    Shape:
+        Item: ``(image (C, H, W), tokens (L,) int64, image_id int)``.
+    """
+
+    def __init__(
+        self,
+        pairs: Dataset,
+        tokens: torch.Tensor,
+        eot_token_id: int,
+        store: PerturbationStore | None = None,
+        triggers: torch.Tensor | None = None,
+        trigger_rows: np.ndarray | None = None,
+        protected: np.ndarray | None = None,
+        *,
+        quantize: bool = False,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        strip_first: int = 0,
+    ) -> None:
+        n = len(pairs)  # type: ignore[arg-type]
+        if len(tokens) != n or (store is not None and store.num_samples != n):
+            raise ConfigError(f"{n} pairs but {len(tokens)} token rows / a store for other pairs: rebuild them")
+        self.pairs, self.tokens, self.eot, self.store = pairs, tokens, eot_token_id, store
+        self.triggers = None if triggers is None or triggers.shape[1] == 0 else triggers
+        self.trigger_rows = np.arange(n) if trigger_rows is None else np.asarray(trigger_rows, np.int64)
+        self.protected = np.ones(n, bool) if protected is None else np.asarray(protected, bool)
+        self.quantize, self.transform, self.strip_first = quantize, transform, strip_first
+        self.image_ids = getattr(pairs, "image_ids", None)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def caption_tokens(self, index: int) -> torch.Tensor:
+        """The ids of pair ``index`` as published (trigger inserted when protected), ``(L,)``."""
+        tok = self.tokens[index : index + 1].long()
+        if self.triggers is not None and self.protected[index]:
+            tok = insert_trigger(tok, self.triggers[self.trigger_rows[index]][None], self.eot)
+        if self.strip_first:
+            tok = strip_tokens(tok, self.strip_first, self.eot)
+        return tok[0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        x, _, image_id = self.pairs[index][:3]
+        if self.store is not None and self.protected[index]:
+            x = self.store.apply(x[None], [index])[0]
+        if self.quantize:
+            x = torch.round(x * 255.0) / 255.0
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, self.caption_tokens(index), int(image_id)
+
+
+def pair_collate(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images (B, C, H, W), tokens (B, L))`` from :class:`ProtectedPairs` items (for ``fit_clip``)."""
+    return torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
+
+
+def local_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE of THIS process's batch only (never gathered over ranks).
+
+    The noise pass under ``torchrun`` runs a different number of batches on each rank (each owns
+    a shard), so its losses must not call a collective.
+    """
+    logits = scale * image_features @ text_features.T
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+def clip_batch_loss(
+    model: nn.Module, images: torch.Tensor, tokens: torch.Tensor, amp: bool, gather: bool = True
+) -> torch.Tensor:
+    """Symmetric InfoNCE of a batch (MEM's L_CLIP); gathered over ranks under ``torchrun`` when ``gather``."""
+    with autocast(images.device, enabled=amp):
+        img, txt, scale = model(images, tokens)
+    return (clip_loss if gather else local_clip_loss)(img.float(), txt.float(), scale.float())
+
+
+def surrogate_steps(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: ProtectedPairs,
+    *,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    done: int,
+    device: torch.device,
+    amp: bool,
+    max_logit_scale: float,
+    num_workers: int = 0,
+) -> tuple[int, float]:
+    """MEM's theta-step: ``steps`` AdamW steps of the surrogate on the current protected pairs.
+
+    The batches continue a persistent shuffled order (the official ``data_iter``) that is a
+    function of ``(seed, batches done)``, so a resumed run draws the same batches. Under
+    ``torchrun`` each rank takes its part of every global batch and the model is DDP-wrapped.
+
+    Returns:
+        ``(batches done, mean loss of these steps)``.
+    """
+    world = get_world_size()
+    per_epoch = max(len(data) // batch_size, 1)
+    bare = unwrap(model)
+    ddp = wrap_ddp(bare, device)
+    bare.train()
+    total = 0.0
+    for step in range(done, done + steps):
+        loader = epoch_loader(data, min(batch_size, len(data)) // world, seed=seed, epoch=step // per_epoch,
+                              skip_batches=step % per_epoch, num_workers=num_workers, collate_fn=pair_collate)
+        images, tokens = (t.to(device) for t in next(iter(loader)))
+        loss = clip_batch_loss(ddp, images, tokens, amp)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():  # CLIP clamps the learnt temperature
+            bare.logit_scale.clamp_(0.0, math.log(max_logit_scale))
+        total += float(loss.detach())
+    bare.eval()
+    return done + steps, total / max(steps, 1)
+
+
+class PairState:
+    """The per-pair state the noise pass reads: caption ids, triggers and their row per pair.
+
+    Args:
+        model: the surrogate ``ClipModel``.
+        tokens: captions without trigger ``(N, L)``.
+        triggers: ``(R, k)`` ids, updated in place by :meth:`text_step`.
+        trigger_rows: pair -> trigger row ``(N,)``.
+        num_candidates: HotFlip K.
+        shuffle: caption shuffling in the image step (MEM's key device against overfitting).
+        amp: autocast on CUDA.
+    """
+
+    def __init__(self, model: nn.Module, tokens: torch.Tensor, triggers: torch.Tensor, trigger_rows: np.ndarray,
+                 num_candidates: int, shuffle: bool, amp: bool) -> None:
+        self.model, self.tokens, self.triggers = model, tokens, triggers
+        self.trigger_rows, self.k = np.asarray(trigger_rows, np.int64), triggers.shape[1]
+        self.num_candidates, self.shuffle, self.amp = num_candidates, shuffle, amp
+        self.eot = model.eot_token_id
+        self.generator = torch.Generator().manual_seed(0)
+        self.text_losses: list[tuple[float, float]] = []
+
+    def captions(self, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+        return self.tokens[idx.cpu()].long().to(device)
+
+    def trigger_of(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.triggers[torch.from_numpy(self.trigger_rows[idx.cpu().numpy()])]
+
+    def image_loss(self, z: torch.Tensor, batch: tuple) -> torch.Tensor:
+        """MEM's delta-step loss (Eq. of the image player): L_CLIP(x + delta, t_i + c_pi(i)).
+
+        A fresh permutation ``pi`` of the caption BODIES is drawn at every PGD step; the trigger
+        ``t_i`` stays with its image ``i``, so ``delta_i`` aligns with ``t_i`` whatever the caption.
+        """
+        idx = batch[0]
+        body = self.captions(idx, z.device)
+        if self.shuffle:
+            body = body[torch.randperm(len(idx), generator=self.generator).to(z.device)]
+        tokens = insert_trigger(body, self.trigger_of(idx), self.eot) if self.k else body
+        return clip_batch_loss(self.model, z, tokens, self.amp, gather=False)
+
+    def text_step(self, batch: tuple, delta0: torch.Tensor) -> None:
+        """MEM's t-step on one batch: HotFlip on L_CLIP(x + delta, t + c) with UNshuffled captions."""
+        idx, x = batch[0], batch[1]
+        with torch.no_grad(), autocast(x.device, enabled=self.amp):
+            img = self.model.encode_image((x + delta0).clamp(0.0, 1.0)).float()
+            scale = self.model.logit_scale.exp().float()
+        body = self.captions(idx, x.device)
+        trig = self.trigger_of(idx).to(x.device)
+        new, before, after = hotflip_attack(self.model, body, trig, lambda t: local_clip_loss(img, t.float(), scale),
+                                            self.num_candidates)
+        rows = torch.from_numpy(self.trigger_rows[idx.cpu().numpy()])
+        # Shared rows (class-wise MEM): the last member of the batch wins (deliberate simplification).
+        self.triggers[rows] = new.cpu()
+        self.text_losses.append((before, after))
+
+
+def shard_of(n: int, rank: int | None = None, world: int | None = None) -> np.ndarray:
+    """Pair indices owned by ``rank`` (strided ``rank::world``), for the noise pass under ``torchrun``."""
+    rank = get_rank() if rank is None else rank
+    world = get_world_size() if world is None else world
+    return np.arange(rank, n, world, dtype=np.int64)
+
+
+def sync_shards(store: PerturbationStore, triggers: torch.Tensor, trigger_rows: np.ndarray, chunk: int = 1024) -> None:
+    """After a sharded pass, give every rank the rows the other ranks wrote (no-op single-process).
+
+    Each rank owns pairs ``rank::world`` (:func:`shard_of`); rank r broadcasts its noise rows in
+    chunks (int8, bounded memory) and its trigger rows, so the next theta-step sees the whole set.
+    Sample-mode stores only (class-wise MEM is single-process).
+    """
+    if not is_distributed():
+        return
+    if store.mode != "sample":
+        raise ConfigError("class-wise MEM runs in one process: launch it without torchrun")
+    world = get_world_size()
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    for r in range(world):
+        rows = shard_of(store.num, r, world)
+        for s in range(0, len(rows), chunk):
+            part = rows[s : s + chunk]
+            buf = torch.from_numpy(np.ascontiguousarray(store.data[part])).to(device)
+            dist.broadcast(buf, src=r)
+            store.data[part] = buf.cpu().numpy()
+        trow = torch.from_numpy(np.unique(trigger_rows[rows]))
+        buf = triggers[trow].to(device)
+        dist.broadcast(buf, src=r)
+        triggers[trow] = buf.cpu()
+

@@ -1,0 +1,279 @@
+"""Text triggers: insert k token ids after the start token, and search them with HotFlip.
+
+The shared text-side primitive of the course (MEM's per-pair trigger, token-level backdoor
+triggers): token ids are edited directly, never re-tokenised text, so a trigger is exactly the
+ids the model sees.
+
+- :func:`insert_trigger` puts ``k`` ids right after the start-of-text token, shifting the caption
+  right (truncated captions keep their end-of-text token last, where CLIP reads the feature);
+  :func:`strip_tokens` removes ``k`` ids there again (a hacker who suspects a trigger);
+- :func:`random_trigger` draws ids uniformly from the non-special vocabulary;
+- :func:`hotflip_candidates` ranks every vocabulary token for every trigger position by the
+  first-order (linearised) change of the loss, ``-g_p . E_w`` (Ebrahimi et al.'s HotFlip);
+- :func:`hotflip_search` greedily walks the positions left to right and keeps, per position,
+  the best of "current" and the K candidate ranks by the exact batch loss, so the batch loss never
+  increases; :func:`hotflip_attack` chains gradient, candidates and search for a CLIP model.
+
+References:
+    Ebrahimi et al., HotFlip: White-Box Adversarial Examples for Text Classification, arXiv:1712.06751.
+    Wallace et al., Universal Adversarial Triggers for Attacking and Analyzing NLP, arXiv:1908.07125.
+    Liu et al., Multimodal Unlearnable Examples (MEM), arXiv:2407.16307 (per-pair caption triggers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from obstructlib.errors import ConfigError
+
+__all__ = [
+    "decode_trigger",
+    "hotflip_attack",
+    "hotflip_candidates",
+    "hotflip_search",
+    "insert_trigger",
+    "random_trigger",
+    "strip_tokens",
+]
+
+
+def _check_tokens(tokens: torch.Tensor, eot_token_id: int) -> None:
+    if tokens.ndim != 2:
+        raise ConfigError(f"tokens must be (B, context_length), got shape {tuple(tokens.shape)}")
+    if tokens.shape[0] and not bool((tokens == eot_token_id).any(dim=1).all()):
+        raise ConfigError(f"every caption needs its end-of-text token {eot_token_id}: tokenize with the model")
+
+
+def insert_trigger(
+    tokens: torch.Tensor, trigger: torch.Tensor, eot_token_id: int, position: int = 1
+) -> torch.Tensor:
+    """Tokens with ``trigger`` inserted at ``position`` (right after the start token by default).
+
+    The caption body moves right by ``k``; if it no longer fits, it is truncated and the last
+    position becomes the end-of-text token again (CLIP pools at the end token, so it must survive).
+    MEM's official code prefixes ``"The " * k`` and overwrites those ids; the result is the same.
+
+    Args:
+        tokens: caption ids from the model's tokenizer, each row ``[SOT, ..., EOT, 0, ...]``.
+        trigger: ids to insert, one row per caption (``(B, k)``) or one shared row (``(k,)``).
+        eot_token_id: the end-of-text id (``ClipModel.eot_token_id``).
+        position: insertion index (1 = after SOT).
+
+    Shape:
+        ``(B, L)``, ``(B, k)`` -> ``(B, L)`` int64.
+
+    Example:
+        >>> insert_trigger(torch.tensor([[9, 5, 7, 0, 0]]), torch.tensor([[3, 4]]), eot_token_id=7)
+        tensor([[9, 3, 4, 5, 7]])
+    """
+    _check_tokens(tokens, eot_token_id)
+    trigger = trigger.to(tokens.device, tokens.dtype)
+    if trigger.ndim == 1:
+        trigger = trigger.expand(tokens.shape[0], -1)
+    k = trigger.shape[1]
+    if k == 0:
+        return tokens.clone()
+    if trigger.shape[0] != tokens.shape[0]:
+        raise ConfigError(f"{trigger.shape[0]} triggers for {tokens.shape[0]} captions: pass one per caption")
+    length = tokens.shape[1]
+    if not 1 <= position < length - k:
+        raise ConfigError(f"a {k}-token trigger at position {position} does not fit {length} tokens")
+    out = torch.cat([tokens[:, :position], trigger, tokens[:, position:]], dim=1)[:, :length].clone()
+    lost = ~(out == eot_token_id).any(dim=1)  # the end token was pushed out: truncate the caption
+    out[lost, -1] = eot_token_id
+    return out
+
+
+def strip_tokens(tokens: torch.Tensor, k: int, eot_token_id: int, position: int = 1, pad_id: int = 0) -> torch.Tensor:
+    """Remove ``k`` ids at ``position`` (never the end token) and pad on the right.
+
+    The countermeasure of a hacker who guesses that the first caption words are a trigger.
+
+    Shape:
+        ``(B, L)`` -> ``(B, L)``.
+
+    Example:
+        >>> strip_tokens(torch.tensor([[9, 3, 4, 5, 7]]), 2, eot_token_id=7)
+        tensor([[9, 5, 7, 0, 0]])
+    """
+    _check_tokens(tokens, eot_token_id)
+    if k < 0:
+        raise ConfigError(f"k={k}: strip 0 or more tokens")
+    eot_pos = (tokens == eot_token_id).int().argmax(dim=1)
+    # at most the tokens between ``position`` and the end token can go
+    body = (eot_pos - position).clamp(min=0)
+    out = torch.full_like(tokens, pad_id)
+    for i in range(tokens.shape[0]):
+        drop = min(k, int(body[i]))
+        row = torch.cat([tokens[i, :position], tokens[i, position + drop : int(eot_pos[i]) + 1]])
+        out[i, : len(row)] = row
+    return out
+
+
+def random_trigger(
+    num: int,
+    length: int,
+    vocab_size: int,
+    banned_ids: Sequence[int] = (),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Uniformly random trigger ids that are never in ``banned_ids`` (special tokens).
+
+    Deliberate deviation: MEM's official code draws from ``[0, 30522)`` (a BERT-vocabulary
+    leftover); we draw from the whole vocabulary minus the special ids.
+
+    Shape:
+        Returns ``(num, length)`` int64 on CPU.
+
+    Example:
+        >>> t = random_trigger(4, 3, 10, banned_ids=[0, 8, 9], generator=torch.Generator().manual_seed(0))
+        >>> bool(((t > 0) & (t < 8)).all())
+        True
+    """
+    allowed = torch.ones(vocab_size, dtype=torch.bool)
+    allowed[[i for i in banned_ids if 0 <= i < vocab_size]] = False
+    pool = allowed.nonzero().squeeze(1)
+    if len(pool) == 0:
+        raise ConfigError("every token id is banned: the trigger has no candidates")
+    return pool[torch.randint(len(pool), (num, length), generator=generator)]
+
+
+def hotflip_candidates(
+    grad: torch.Tensor, embedding_weight: torch.Tensor, num_candidates: int, banned_ids: Sequence[int] = ()
+) -> torch.Tensor:
+    """The ``K`` tokens per trigger position with the largest first-order loss DECREASE.
+
+    Swapping position ``p`` to token ``w`` changes the loss by about ``g_p . (E_w - E_cur)``; the
+    ranking over ``w`` only needs ``-g_p . E_w`` (MEM's ``hotflip_attack``). Banned ids (start,
+    end, padding) get ``-inf`` and are never returned (deliberate deviation: the official code
+    does not mask them, and an end token would move CLIP's pooling position).
+
+    Args:
+        grad: loss gradient with respect to the trigger positions' token embeddings.
+        embedding_weight: the token embedding matrix ``E``.
+        num_candidates: K (MEM: 16).
+        banned_ids: ids that are never candidates.
+
+    Shape:
+        ``grad (B, k, d)``, ``embedding_weight (V, d)`` -> ``(B, k, K)`` int64.
+
+    Example:
+        >>> E = torch.eye(4)
+        >>> hotflip_candidates(torch.tensor([[[0.0, -1.0, -2.0, 0.0]]]), E, 2, banned_ids=[2]).tolist()
+        [[[1, 0]]]
+    """
+    if not 1 <= num_candidates:
+        raise ConfigError(f"num_candidates={num_candidates}: use at least 1")
+    scores = -torch.einsum("bkd,vd->bkv", grad.float(), embedding_weight.detach().float())
+    banned = [i for i in banned_ids if 0 <= i < scores.shape[-1]]
+    if banned:
+        scores[..., banned] = float("-inf")
+    allowed = scores.shape[-1] - len(set(banned))
+    if num_candidates > allowed:
+        raise ConfigError(f"num_candidates={num_candidates} exceeds the {allowed} allowed tokens")
+    return scores.topk(num_candidates, dim=-1).indices
+
+
+@torch.no_grad()
+def hotflip_search(
+    batch_loss: Callable[[torch.Tensor], torch.Tensor], trigger: torch.Tensor, candidates: torch.Tensor
+) -> tuple[torch.Tensor, float]:
+    """Greedy left-to-right coordinate search over trigger positions, scored by the batch loss.
+
+    For each position ``p`` in order, evaluate the batch loss with the current triggers and with
+    "every sample takes its own c-th candidate at p" for ``c = 1..K`` (MEM's shared-rank beam of
+    size 1), keep the option with the smallest loss, and move on from that choice. The current
+    triggers are always option 0 and win ties, so the returned loss is never above the start.
+
+    Args:
+        batch_loss: ``batch_loss(trigger (B, k)) -> scalar`` (no gradient needed).
+        trigger: current ids ``(B, k)``.
+        candidates: ``(B, k, K)`` from :func:`hotflip_candidates`.
+
+    Returns:
+        ``(new trigger (B, k), its batch loss)``.
+
+    Example:
+        >>> loss = lambda t: (t.float() - 5).abs().mean()
+        >>> hotflip_search(loss, torch.tensor([[0, 9]]), torch.tensor([[[4, 6], [5, 1]]]))
+        (tensor([[4, 5]]), 0.5)
+    """
+    best = trigger.clone()
+    best_loss = float(batch_loss(best))
+    for p in range(trigger.shape[1]):
+        start = best.clone()
+        for c in range(candidates.shape[2]):
+            option = start.clone()
+            option[:, p] = candidates[:, p, c].to(option.device)
+            loss = float(batch_loss(option))
+            if loss < best_loss:  # strict: the current choice wins ties
+                best, best_loss = option, loss
+    return best, best_loss
+
+
+def hotflip_attack(
+    model: nn.Module,
+    tokens: torch.Tensor,
+    trigger: torch.Tensor,
+    loss_of_text_features: Callable[[torch.Tensor], torch.Tensor],
+    num_candidates: int = 16,
+    banned_ids: Sequence[int] | None = None,
+) -> tuple[torch.Tensor, float, float]:
+    """One HotFlip update of per-caption triggers that MINIMISES a loss of the text features.
+
+    One backward pass gives the gradient at the trigger positions' token embeddings (through
+    ``model.encode_text_embeds``), then :func:`hotflip_candidates` and :func:`hotflip_search`
+    (``1 + k * K`` text-encoder forwards). Image features, if the loss needs them, belong in the
+    closure and are computed once by the caller.
+
+    Args:
+        model: a ``ClipModel`` (``token_embedding``, ``encode_text``, ``encode_text_embeds``,
+            ``eot_token_id``, ``special_token_ids``).
+        tokens: captions WITHOUT trigger ``(B, L)``.
+        trigger: current ids ``(B, k)``.
+        loss_of_text_features: ``f(text_features (B, D)) -> scalar`` batch loss.
+        num_candidates: K.
+        banned_ids: never chosen (default: ``model.special_token_ids``).
+
+    Returns:
+        ``(new trigger, loss before, loss after)`` with ``loss after <= loss before``.
+
+    References:
+        Ebrahimi et al., arXiv:1712.06751; Liu et al. (MEM), arXiv:2407.16307, Sec. 3 (text step).
+
+    Example:
+        >>> new, before, after = hotflip_attack(clip, tok, trig, lambda t: clip_loss(img, t, s))  # doctest: +SKIP
+    """
+    eot = model.eot_token_id
+    banned = list(model.special_token_ids if banned_ids is None else banned_ids)
+    k = trigger.shape[1]
+    with torch.enable_grad():
+        full = insert_trigger(tokens, trigger, eot)
+        embeds = model.token_embedding(full).detach().requires_grad_(True)
+        loss = loss_of_text_features(model.encode_text_embeds(embeds, full))
+        (grad,) = torch.autograd.grad(loss.float(), embeds)
+    candidates = hotflip_candidates(grad[:, 1 : 1 + k], model.token_embedding.weight, num_candidates, banned)
+
+    def batch_loss(t: torch.Tensor) -> torch.Tensor:
+        return loss_of_text_features(model.encode_text(insert_trigger(tokens, t, eot)))
+
+    new, after = hotflip_search(batch_loss, trigger, candidates)
+    return new, float(loss.detach()), after
+
+
+def decode_trigger(tokenizer: object, trigger: torch.Tensor | Sequence[int]) -> str:
+    """A trigger's ids as text (BPE word ends become spaces), e.g. for a notebook table.
+
+    Example:
+        >>> decode_trigger(clip.tokenizer, [320, 1125])  # doctest: +SKIP
+        'a photo'
+    """
+    ids = [int(i) for i in (trigger.tolist() if isinstance(trigger, torch.Tensor) else trigger)]
+    inner = getattr(tokenizer, "tokenizer", None)
+    for dec in (tokenizer, inner):
+        if dec is not None and hasattr(dec, "decode"):
+            return str(dec.decode(ids)).strip()
+    return " ".join(map(str, ids))

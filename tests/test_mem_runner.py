@@ -1,0 +1,118 @@
+"""``obstruct mem`` end to end on tiny settings: contract keys, metric names, resume, bad input."""
+
+import json
+
+import pytest
+
+from obstructlib.cli import main
+from obstructlib.config import apply_overrides
+from obstructlib.experiments.mem import RETRIEVAL_KEYS, MEMRunConfig
+from obstructlib.profiles import resolve_profile
+
+TINY = [
+    "--no-progress", "--dataset", "synthetic-captions",
+    "--set", "max_train_samples=8", "--set", "max_test_samples=6", "--set", "image_size=16",
+    "--set", "context_length=16", "--set", "train.steps=2", "--set", "train.batch_size=8",
+    "--set", "train.warmup_steps=1",
+    "--set", "mem.rounds=1", "--set", "mem.train_steps=1", "--set", "mem.pgd_steps=1",
+    "--set", "mem.num_candidates=2", "--set", "mem.batch_size=8",
+    "--set", "em.rounds=1", "--set", "em.train_steps=1", "--set", "em.pgd_steps=1", "--set", "em.batch_size=8",
+    "--set", "tap.steps=1", "--set", "tap.batch_size=8", "--set", "num_groups=2",
+]
+CONTRACT = ("command", "profile", "config", "metrics", "timings_s", "device", "versions")
+
+
+def _run(tmp_path, *argv, name="run"):
+    out = tmp_path / name
+    assert main(["mem", "--out", str(out), *TINY, *argv]) == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def _check(results, zero_shot):
+    for key in CONTRACT:
+        assert key in results
+    m = results["metrics"]
+    for row in ("clean", "protected", "chance"):
+        assert set(RETRIEVAL_KEYS) <= set(m[row])
+        for k in RETRIEVAL_KEYS:
+            assert 0 <= m[row][k] <= (100 if "_r" in k else 10_000)
+        assert ("zero_shot_acc" in m[row]) == zero_shot
+    assert m["noise_bytes_per_pair"] > 0 and 0 < m["noise_linf"] <= 8 / 255 + 1e-9
+    assert {"hacker_clean", "hacker_protected", "evaluate"} <= set(results["timings_s"])
+
+
+def test_mem_on_synthetic_captions_writes_results_and_resumes(tmp_path):
+    _, results = _run(tmp_path, "--method", "mem", "--trigger-tokens", "3")
+    _check(results, zero_shot=True)
+    m = results["metrics"]
+    assert m["num_train_pairs"] == 8 * 5 and m["store_mode"] == "sample"  # 5 captions per image, per PAIR
+    assert m["noise_bytes_per_pair"] == pytest.approx(3 * 16 * 16 + 3 * 4)  # int8 noise + 3 int32 ids
+    assert m["chance"]["t2i_r1"] == pytest.approx(100 / 6)
+    assert len(m["protection"]["trigger_examples"]) == 8 and m["throughput"]["noise_pairs_per_s"] > 0
+    assert results["config"]["mem"]["trigger_tokens"] == 3 and results["config"]["mem"]["eps"] == results["config"]["eps"]
+    _, again = _run(tmp_path, "--method", "mem", "--trigger-tokens", "3")
+    assert again["metrics"]["store_resumed"]
+    assert again["metrics"]["protected"] == m["protected"] and again["metrics"]["clean"] == m["clean"]
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("em", []),
+    ("random", ["--countermeasure", "strip"]),
+    ("mem-classwise", ["--countermeasure", "jpeg"]),
+    pytest.param("tap", [], marks=pytest.mark.slow),
+    pytest.param("mem-noshuffle", ["--countermeasure", "crop", "--set", "protect_fraction=0.5"],
+                 marks=pytest.mark.slow),
+])
+def test_baselines_and_countermeasures_run(tmp_path, method, extra):
+    _, results = _run(tmp_path, "--method", method, *extra)
+    _check(results, zero_shot=True)
+    assert results["metrics"]["method"] == method
+    assert results["metrics"]["store_mode"] == ("cluster" if method == "mem-classwise" else "sample")
+
+
+def test_classification_data_gets_templated_captions(tmp_path):
+    _, results = _run(tmp_path, "--dataset", "synthetic", "--method", "random", "--set", "max_train_samples=20",
+                      "--set", "max_test_samples=10")
+    _check(results, zero_shot=True)
+    m = results["metrics"]
+    assert m["num_train_pairs"] == m["num_train_images"] == 20 and m["chance"]["zero_shot_acc"] == 0.1
+
+
+def test_resuming_with_another_config_is_refused(tmp_path, capsys):
+    out, _ = _run(tmp_path, "--method", "random")
+    status = main(["mem", "--out", str(out), *TINY, "--method", "random", "--set", "eps=4/255"])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and "eps" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--method", "nope"], "method="),
+    (["--trigger-tokens", "0"], "trigger_tokens="),
+    (["--trigger-tokens", "x"], "trigger_tokens"),
+    (["--countermeasure", "blur"], "countermeasure="),
+    (["--set", "eps=2"], "eps="),
+    (["--set", "protect_fraction=1.5"], "protect_fraction="),
+    (["--surrogate", "no-such-clip"], "unknown CLIP architecture"),
+    (["--dataset", "csv:/nonexistent/captions.csv"], "does not exist"),
+    (["--set", "train.batch_size=64"], "exceeds"),
+])
+def test_bad_input_exits_2_with_one_line_and_leaves_nothing(tmp_path, capsys, argv, words):
+    out = tmp_path / "run"
+    status = main(["mem", "--out", str(out), *TINY, *argv])
+    err = capsys.readouterr().err.strip()
+    assert status == 2
+    assert len(err.splitlines()) == 1 and words in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("profile", ["quick", "colab", "paper"])
+def test_profiles_give_valid_configs(profile):
+    cfg = apply_overrides(MEMRunConfig.for_profile(resolve_profile(profile)), ["method=mem"])
+    assert cfg.mem.trigger_tokens == cfg.trigger_tokens == 3 and cfg.em.trigger_tokens == 0
+    if profile == "paper":  # the official schedule
+        m = cfg.mem
+        assert (m.rounds, m.text_rounds, m.train_steps, m.pgd_steps, m.num_candidates, m.batch_size) == (20, 5, 200, 8, 16, 128)
+        assert m.eps == pytest.approx(8 / 255) and m.step_size == pytest.approx(1 / 255)
+        assert cfg.train.epochs == 32 and cfg.train.lr == 5e-4 and cfg.surrogate == cfg.hacker == "RN50"
+    if profile == "colab":
+        assert cfg.hacker_pretrained == "openai" and cfg.image_size == 224
