@@ -47,8 +47,14 @@ _LAZY = {
     "accuracy": "obstructlib.metrics", "zero_shot_accuracy": "obstructlib.metrics",
     "retrieval_metrics": "obstructlib.metrics", "chance_retrieval": "obstructlib.metrics",
     "attack_success_rate": "obstructlib.metrics", "kl_divergence": "obstructlib.metrics",
+    "slc_auc": "obstructlib.metrics",
+    # methods: non-transferable pruning (NTP)
+    "NTPConfig": "obstructlib.methods", "ntp_prune": "obstructlib.methods",
+    "train_target_head": "obstructlib.methods", "load_released": "obstructlib.methods",
     # config
     "apply_overrides": "obstructlib.config", "config_to_dict": "obstructlib.config",
+    # methods: multimodal unlearnable examples (MEM)
+    "MEMConfig": "obstructlib.methods", "mem_protect": "obstructlib.methods",
 }
 
 __all__ = [  # noqa: PLE0604 - the lazy names are strings too

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from obstructlib.config import config_to_dict
+from obstructlib.errors import ConfigError
 from obstructlib.profiles import Profile
 
 
@@ -156,3 +157,42 @@ def remove_if_created(out_dir: Path, existed_before: bool) -> None:
     """Remove a run folder this invocation created, so bad input leaves nothing half-written."""
     if not existed_before and out_dir.exists():
         shutil.rmtree(out_dir, ignore_errors=True)
+
+
+# Config fields that change how a run executes but not its result.
+_NO_MEANING = ("num_workers", "cache_max_bytes", "eval_batch_size", "ckpt_every_epochs", "ckpt_every_batches")
+
+
+def run_fingerprint(cfg: Any, seed: int) -> dict[str, Any]:
+    """The config values that change a run's result, flattened with dotted keys (``train.lr`` ...)."""
+    flat: dict[str, Any] = {"seed": seed}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}{k}.", v)
+        elif prefix.rstrip(".").rsplit(".", 1)[-1] not in _NO_MEANING:
+            flat[prefix.rstrip(".")] = value
+
+    walk("", config_to_dict(cfg))
+    return json.loads(json.dumps(flat, default=_json_default))
+
+
+def check_run_folder(cfg: Any, ctx: RunContext) -> None:
+    """Refuse to resume checkpoints made with a different config (they would be silently mixed).
+
+    The first run writes ``OUT/checkpoints/run.json``; a later run in the same folder must match it.
+    """
+    if ctx.ckpt_dir is None:
+        return
+    path, now = ctx.ckpt_dir / "run.json", run_fingerprint(cfg, ctx.seed)
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = [k for k in sorted(set(old) | set(now)) if old.get(k) != now.get(k)]
+        if diff:
+            k = diff[0]
+            raise ConfigError(f"{ctx.out_dir} holds a run with {k}={old.get(k)!r} (now {now.get(k)!r}): "
+                              "use a new --out, or delete the old folder")
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(now, indent=1))

@@ -4,6 +4,8 @@
   zero-shot accuracy, attack success rate, KL divergence between two models' predictions.
 - :mod:`~obstructlib.metrics.retrieval`: image-text Recall@K and median rank, and their analytic
   chance levels.
+- :mod:`~obstructlib.metrics.transfer`: the area under a sample-wise learning curve and NTP's
+  SLC-AUC (arXiv 2410.08015).
 """
 
 from obstructlib.metrics.classification import (
@@ -16,16 +18,19 @@ from obstructlib.metrics.classification import (
     zero_shot_accuracy,
 )
 from obstructlib.metrics.retrieval import chance_retrieval, median_rank, retrieval_metrics, retrieval_ranks
+from obstructlib.metrics.transfer import log_area, slc_auc
 
 __all__ = [
     "accuracy",
     "attack_success_rate",
     "chance_retrieval",
     "kl_divergence",
+    "log_area",
     "median_rank",
     "per_class_accuracy",
     "retrieval_metrics",
     "retrieval_ranks",
+    "slc_auc",
     "subset_accuracy",
     "topk_accuracy",
     "zero_shot_accuracy",

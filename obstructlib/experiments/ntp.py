@@ -1,0 +1,444 @@
+"""``obstruct ntp``: prune a source model so that it is a bad start on a target domain, then attack it.
+
+The Non-Transferable Pruning experiment (Ding et al., arXiv:2410.08015) with its baselines:
+
+1. train the source model on ``--source`` (stage 0), record its source test accuracy;
+2. protect it with ``--method``: ``ntp`` (target head on frozen features, then ADMM pruning
+   with the non-transferable loss and the Fisher regulariser), ``ntl-admm`` (the same ADMM with
+   the NTL-style MMD loss), ``sparsity`` (the same ADMM with alpha = lambda = 0), ``magnitude``
+   (global magnitude pruning + source fine-tuning) or ``ntl`` (Wang et al.'s dense NTL training);
+   the released artefact (encoder with zeros, masks, source head) goes to ``OUT/released``;
+3. the attacker's sample-wise learning curves on ``--target``: for each budget of a log grid, a
+   fresh copy of the released model is fine-tuned (encoder and head) with the masks kept
+   (``masked``, the paper's attack) or with pruned weights free to regrow (``dense``); the same
+   recipe trains a model from scratch (the reference) and fine-tunes the unprotected source
+   model (``transfer``). One selection rule for every curve: final-epoch accuracy on the target
+   test set (the official code mixed best-epoch and final-epoch numbers and carried the head
+   over between budgets; neither is done here);
+4. SLC-AUC of each curve against scratch (log10 by default; ln values alongside), and the
+   released model's source accuracy before and after source fine-tuning.
+
+Every stage resumes from ``OUT/checkpoints``; each finished curve point is kept in
+``checkpoints/curves.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from obstructlib.data import ArrayImageDataset, labels_of, load_dataset, seeded_subset
+from obstructlib.engine import ClassifierTrainConfig, evaluate, fit_classifier
+from obstructlib.engine.distributed import shard_loader
+from obstructlib.errors import ConfigError, check_range
+from obstructlib.experiments import Flag, RunContext, Runner, register_runner
+from obstructlib.experiments.common import check_run_folder, write_json_atomic
+from obstructlib.methods.ntl import NTLConfig, train_ntl
+from obstructlib.methods.ntp import NTPConfig, ntp_prune, train_target_head
+from obstructlib.methods.ntp_release import finetune, load_released, magnitude_prune, save_released
+from obstructlib.methods.ntp_steps import Masks, sparsity_report
+from obstructlib.methods.simclr import SimCLRConfig, simclr_pretrain
+from obstructlib.metrics.transfer import slc_auc
+from obstructlib.models import create_model
+from obstructlib.profiles import Profile
+
+METHODS = ("ntp", "ntl-admm", "sparsity", "magnitude", "ntl")
+ATTACKS = ("masked", "dense", "both")
+SOURCE_INITS = ("supervised", "simclr")
+STYLES = ("mnistm", "invert")
+DEFAULT_RATIOS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+@dataclass
+class NTPRunConfig:
+    """Config of ``obstruct ntp``.
+
+    Attributes:
+        source: the authorised domain, a classification spec (``digits``, ``mnist``, ``npz:PATH`` ...).
+            A spec may end in ``+mnistm`` (``|digit - smooth random colour field|``, MNIST-M's
+            recipe with synthetic backgrounds) or ``+invert`` (``1 - x``) to restyle its images.
+        target: the domain to block, a spec likewise (quick: ``digits+mnistm``, an offline
+            stand-in for MNIST -> MNIST-M); it gets its own head, so the label spaces may differ
+            (except for ``ntl``).
+        source_init: ``supervised`` (train the source model from scratch on S, as the official
+            digits pipeline does) or ``simclr`` (NTP's self-supervised variant: pre-train the
+            encoder with SimCLR on the S images first, then fine-tune encoder and a linear head on
+            S; meant for the colab/paper profiles, e.g. ``--source cifar10 --target stl10``).
+        arch: the model (``digits_cnn``, ``resnet18``, ``vgg11`` ...; CIFAR-style stems, linear head).
+        method: ``ntp``, ``ntl-admm``, ``sparsity``, ``magnitude`` or ``ntl``.
+        attack: ``masked`` (masks kept, the paper's), ``dense`` (pruned weights regrow) or ``both``.
+        image_size: square side in pixels (paper: 32); grey images are repeated to 3 channels.
+        max_source_train, max_target_train: seeded, class-stratified training subsets (None: all).
+        max_test: the same for both test splits.
+        prune_ratio: share of the S and T training sets the owner uses for pruning (paper: 0.1).
+        ratios: the budget grid, strictly increasing shares of the target training set in (0, 1];
+            each budget keeps at least one image per class.
+        log_base: base of the SLC-AUC's log axis (10; ln values are reported too).
+        curve_seeds: seeds per budget (curves are averaged over them; the spec suggests 3).
+        source_train: stage 0 (paper: Adam 1e-3, wd 1e-4, up to 100 epochs; no early stopping on test).
+        curve: the attacker's and the scratch model's recipe (paper's attack: Adam 1e-4, wd 8e-4,
+            30 epochs, batch 128), shared by every curve.
+        source_finetune: the masked source fine-tune of the released model (paper: 30 epochs, Adam 1e-4).
+        ntp: NTP's ADMM settings (also used by ``ntl-admm`` and ``sparsity``; ``ntp.sparsity`` is
+            the magnitude baseline's sparsity too).
+        ntl: NTL's recipe.
+        simclr: the SimCLR pre-training recipe of ``source_init=simclr``.
+    """
+
+    source: str = "digits"
+    target: str = "digits+mnistm"
+    source_init: str = "supervised"
+    arch: str = "digits_cnn"
+    method: str = "ntp"
+    attack: str = "both"
+    image_size: int = 16
+    max_source_train: int | None = None
+    max_target_train: int | None = None
+    max_test: int | None = None
+    prune_ratio: float = 0.1
+    ratios: tuple[float, ...] = DEFAULT_RATIOS
+    log_base: float = 10.0
+    curve_seeds: int = 1
+    source_train: ClassifierTrainConfig = field(default_factory=lambda: ClassifierTrainConfig(
+        epochs=30, batch_size=128, lr=1e-3, weight_decay=1e-4, optimizer="adam", scheduler="step"))
+    curve: ClassifierTrainConfig = field(default_factory=lambda: ClassifierTrainConfig(
+        epochs=30, batch_size=128, lr=1e-4, weight_decay=8e-4, optimizer="adam", scheduler="none"))
+    source_finetune: ClassifierTrainConfig = field(default_factory=lambda: ClassifierTrainConfig(
+        epochs=30, batch_size=128, lr=1e-4, weight_decay=8e-4, optimizer="adam", scheduler="none"))
+    ntp: NTPConfig = field(default_factory=NTPConfig)
+    ntl: NTLConfig = field(default_factory=NTLConfig)
+    simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
+
+    def validate(self) -> None:
+        """Raise one-line :class:`ConfigError` for bad values (before anything runs)."""
+        for name, value, choices in (("method", self.method, METHODS), ("attack", self.attack, ATTACKS),
+                                     ("source_init", self.source_init, SOURCE_INITS)):
+            if value not in choices:
+                raise ConfigError(f"{name}={value!r}: use one of {', '.join(choices)}")
+        if split_style(self.source) == split_style(self.target):
+            raise ConfigError(f"source and target are both {self.source!r}: pick two different domains "
+                              "(or restyle one, e.g. digits+mnistm)")
+        check_range("image_size", self.image_size, 8, 512)
+        check_range("prune_ratio", self.prune_ratio, 0.0, 1.0, inclusive=True)
+        if self.prune_ratio == 0:
+            raise ConfigError("prune_ratio=0: the owner needs some S and T data, use a value in (0, 1]")
+        r = np.asarray(self.ratios, dtype=np.float64)
+        if r.size < 2 or np.any(r <= 0) or np.any(r > 1) or np.any(np.diff(r) <= 0):
+            raise ConfigError(f"ratios={self.ratios}: give at least two strictly increasing shares in (0, 1]")
+        if self.log_base <= 0 or self.log_base == 1:
+            raise ConfigError(f"log_base={self.log_base}: use 10 or e (2.718...)")
+        if self.curve_seeds < 1:
+            raise ConfigError(f"curve_seeds={self.curve_seeds}: use at least 1")
+        for name in ("max_source_train", "max_target_train", "max_test"):
+            value = getattr(self, name)
+            if value is not None and value < 10:
+                raise ConfigError(f"{name}={value}: use at least 10, or none for the whole split")
+        for part in (self.source_train, self.curve, self.source_finetune, self.ntp, self.ntl, self.simclr):
+            part.validate()
+
+    @classmethod
+    def for_profile(cls, profile: Profile) -> NTPRunConfig:
+        """Defaults scaled to a profile (the only place the profile enters).
+
+        - quick (2 CPU cores, offline, a few minutes): scikit-learn digits -> the same digits on
+          smooth random colour fields (an MNIST-M-style shift), 16 px, ``digits_cnn``; source 15
+          epochs; 720 target training images; ADMM with the official alpha, lambda, rho and gamma
+          (threshold 0.02) but on all of S and T (``prune_ratio=1``: the sets are small), 3 W-epochs
+          per iteration, at most 12 iterations (min 3) and stopping sparsity 0.4 (the L1 Z-step
+          prunes ~35% at once and ~0.5% per iteration after that on this CNN); curves on
+          {2, 5, 10, 20, 50, 100}% with 12 epochs of Adam 1e-3 (the paper's 1e-4 barely moves a model trained from scratch in 12 epochs;
+          every curve shares the recipe).
+        - colab (one GPU): MNIST -> USPS (registered names; pass ``--source npz:...`` for the
+          offline copies), ResNet-18 (CIFAR stem) at 32 px, 20,000 source images, the paper's
+          ADMM settings (20 W-epochs, rho 0.005, gamma 1e-4, s 0.95) and 30-epoch curves on
+          the paper's ten budgets.
+        - paper: the same on full data, 3 seeds per budget.
+
+        In every profile ``--set source_init=simclr`` runs the self-supervised variant (SimCLR
+        pre-training first: 100 epochs at batch 256 on colab/paper, 5 in quick); the paper's SSL
+        pair is ``--source cifar10 --target stl10``.
+        """
+        paper_ratios = (0.001, 0.002, 0.005, 0.008, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0)
+        if profile.name == "quick":
+            quick_recipe = ClassifierTrainConfig(epochs=12, batch_size=64, lr=1e-3, weight_decay=8e-4,
+                                                 optimizer="adam", scheduler="none")
+            return cls(
+                max_target_train=720, ratios=(0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+                source_train=ClassifierTrainConfig(epochs=15, batch_size=64, lr=1e-3, weight_decay=1e-4,
+                                                   optimizer="adam", scheduler="step"),
+                curve=quick_recipe,
+                source_finetune=dataclasses.replace(quick_recipe, epochs=5),
+                prune_ratio=1.0,
+                ntp=NTPConfig(epochs=3, batch_size=64, max_iters=12, min_iters=3, sparsity=0.4, head_epochs=20),
+                ntl=NTLConfig(epochs=10, lr=1e-3),
+                simclr=SimCLRConfig(epochs=5, batch_size=128),
+            )
+        base = cls(source="mnist", target="usps", arch="resnet18", image_size=32,
+                   ratios=paper_ratios)
+        if profile.name == "colab":
+            return dataclasses.replace(base, max_source_train=20000, max_target_train=None,
+                                       source_train=dataclasses.replace(base.source_train, epochs=20))
+        return dataclasses.replace(base, curve_seeds=3,
+                                   source_train=dataclasses.replace(base.source_train, epochs=100))
+
+
+# ---- data ------------------------------------------------------------------------------------
+def split_style(spec: str) -> tuple[str, str]:
+    """``"digits+mnistm"`` -> ``("digits", "mnistm")``; a spec without a known style suffix -> ``(spec, "none")``."""
+    base, plus, style = spec.rpartition("+")
+    return (base, style) if plus and base and style in STYLES else (spec, "none")
+
+
+def _style(x: torch.Tensor, style: str, seed: int) -> torch.Tensor:
+    """One image in [0, 1], restyled; the randomness depends only on ``seed`` (the image index)."""
+    if style == "invert":
+        return 1.0 - x
+    if style == "mnistm":
+        g = torch.Generator().manual_seed(seed)
+        # a smooth random colour field (4x4 colours, bilinearly upsampled) in place of a photo crop
+        field_ = torch.rand(1, 3, 4, 4, generator=g)
+        bg = torch.nn.functional.interpolate(field_, size=x.shape[-2:], mode="bilinear", align_corners=False)[0]
+        return (x.expand(3, -1, -1) - bg).abs()  # MNIST-M: |digit - background|
+    return x
+
+
+def _materialise(ds: Dataset, style: str, seed: int) -> ArrayImageDataset:
+    """Decode (and restyle) a small split once into uint8 NHWC memory: epochs then cost no resizing."""
+    images = [_style(ds[i][0], style, seed * 1_000_003 + i) for i in range(len(ds))]  # type: ignore[arg-type]
+    x = torch.stack(images).clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    labels = labels_of(ds)
+    if labels is None:
+        raise ConfigError("the dataset has no class labels: NTP needs labelled source and target data")
+    return ArrayImageDataset(np.ascontiguousarray(x), labels, getattr(ds, "classes", None), channels=3)
+
+
+def load_domain(spec: str, split: str = "train", *, image_size: int = 32, max_samples: int | None = None,
+                seed: int = 0, data_root: str | Path | None = None, progress: bool = False) -> ArrayImageDataset:
+    """One split of a domain, as 3-channel uint8 images in memory (decoded and resized once).
+
+    Args:
+        spec: a dataset spec, optionally with a style suffix (``digits+mnistm``, see :func:`split_style`).
+        split: ``"train"`` or ``"test"``.
+        image_size: square side in pixels.
+        max_samples: seeded, class-stratified subset (None: all).
+        seed: seed of the subset and of the style's random backgrounds.
+        data_root: root of registered datasets.
+        progress: show decoding progress where the loader has any.
+
+    Example:
+        >>> target = load_domain("digits+mnistm", "test", image_size=16)
+        >>> target[0][0].shape
+        torch.Size([3, 16, 16])
+    """
+    spec, style = split_style(spec)
+    ds = load_dataset(spec, data_root, split, image_size=image_size, channels=3, progress=progress)
+    return _materialise(seeded_subset(ds, max_samples, seed=seed), style, seed + (split == "test"))
+
+
+def budget_subset(train: ArrayImageDataset, ratio: float, seed: int) -> ArrayImageDataset:
+    """``max(C, floor(ratio * N))`` seeded, stratified images with at least one per class."""
+    labels = train.labels
+    classes = np.unique(labels)
+    n = max(len(classes), int(math.floor(ratio * len(train))))
+    idx = set(seeded_subset(train, n, seed=seed).indices)
+    rng = np.random.default_rng(seed)
+    for c in classes:  # a tiny budget may round a class away: add one image of it
+        members = np.flatnonzero(labels == c)
+        if not idx.intersection(members.tolist()):
+            idx.add(int(rng.choice(members)))
+    return train.subset(sorted(idx))
+
+
+# ---- stages ----------------------------------------------------------------------------------
+def _source_model(cfg: NTPRunConfig, ctx: RunContext, train: Dataset, test: Dataset) -> tuple[Any, float]:
+    torch.manual_seed(ctx.seed)
+    model = create_model(cfg.arch, num_classes=len(train.classes))  # type: ignore[attr-defined]
+    if cfg.source_init == "simclr":  # the SSL variant: a contrastive encoder, then the supervised head
+        with ctx.timer("simclr_pretraining"):
+            simclr_pretrain(model, train, dataclasses.replace(cfg.simclr, seed=ctx.seed), ctx.device,
+                            ckpt_dir=ctx.stage_dir("simclr"), progress=ctx.progress)
+    with ctx.timer("source_training"):
+        fit_classifier(model, train, None, cfg.source_train, ctx.device, ckpt_dir=ctx.stage_dir("source_model"),
+                       progress=ctx.progress)
+    return model.eval(), _accuracy(model, test, ctx.device)
+
+
+def _accuracy(model: Any, test: Dataset, device: torch.device | str) -> float:
+    return float(evaluate(model, shard_loader(test, 256), device)["acc"])
+
+
+def _protect(cfg: NTPRunConfig, ctx: RunContext, source_model: Any, s_train: ArrayImageDataset,
+             t_train: ArrayImageDataset) -> tuple[Any, dict, dict[str, Any]]:
+    """Run ``cfg.method``; returns (released model, masks, info). Saved to OUT/released."""
+    folder = None if ctx.out_dir is None else ctx.out_dir / "released"
+    if folder is not None and (folder / "released.json").is_file():
+        model, masks = load_released(folder, ctx.device)
+        return model, masks, json.loads((folder / "released.json").read_text())["info"]
+    s_own = budget_subset(s_train, cfg.prune_ratio, ctx.seed)
+    t_own = budget_subset(t_train, cfg.prune_ratio, ctx.seed + 1)
+    model = copy.deepcopy(source_model)
+    info: dict[str, Any] = {"owner_source_images": len(s_own), "owner_target_images": len(t_own)}
+    start = time.perf_counter()
+    if cfg.method in ("ntp", "ntl-admm", "sparsity"):
+        ntp = dataclasses.replace(cfg.ntp, loss=cfg.method, seed=ctx.seed)
+        if cfg.method == "sparsity":
+            ntp = dataclasses.replace(ntp, alpha=0.0, reg=0.0)
+        head = None if cfg.method == "sparsity" else train_target_head(model, t_own, ntp, ctx.device)
+        result = ntp_prune(model, head, s_own, t_own, ntp, ctx.device, ckpt_dir=ctx.stage_dir("prune"),
+                           progress=ctx.progress)
+        masks = result.masks
+        info.update(admm_iterations=len(result.history), stopped_by=result.stopped_by, admm_history=result.history)
+    elif cfg.method == "magnitude":
+        model, masks = magnitude_prune(model, s_own, cfg.ntp.sparsity, cfg.source_finetune, ctx.device,
+                                       include_bn=cfg.ntp.prune_bn, ckpt_dir=ctx.stage_dir("prune"),
+                                       progress=ctx.progress)
+    else:
+        if len(s_train.classes) != len(t_train.classes):
+            raise ConfigError("method=ntl shares one head between source and target: they need the same classes")
+        info["ntl_history"] = train_ntl(model, s_own, t_own, dataclasses.replace(cfg.ntl, seed=ctx.seed), ctx.device,
+                                        ckpt_dir=ctx.stage_dir("prune"), progress=ctx.progress)
+        masks = {}
+    ctx.timings_s["pruning"] = round(ctx.timings_s.get("pruning", 0.0) + time.perf_counter() - start, 3)
+    info["sparsity"] = sparsity_report(model.encoder, masks) if masks else {"all": 0.0, "weights": 0.0, "layers": {}}
+    if folder is not None:
+        save_released(folder, model, masks, info={"method": cfg.method, **info})
+    return model, masks, info
+
+
+def learning_curves(rows: dict[str, tuple[Any, Masks | None]], train: ArrayImageDataset, test: Dataset,
+                    ratios: Sequence[float], recipe: ClassifierTrainConfig, device: torch.device | str, *,
+                    seeds: int = 1, seed: int = 0, store: Path | None = None, work_dir: Path | None = None,
+                    progress: bool = False) -> dict[str, list[float]]:
+    """Sample-wise learning curves: final-epoch test accuracy after fine-tuning at each budget.
+
+    For every row, budget and seed a FRESH copy of the row's model (encoder and head) is
+    fine-tuned on :func:`budget_subset` of ``train`` with ``recipe`` (masks kept when the row has
+    masks) and evaluated once, after the last epoch, on ``test``. Every row uses the same recipe,
+    subsets and selection rule (the official code used best-on-test epochs for the scratch curve
+    and carried the head over between budgets).
+
+    Args:
+        rows: name -> ``(model, masks or None)``; the model may be a zero-argument factory (for
+            training from scratch: a new random model per budget).
+        train: the target training set.
+        test: the target test set.
+        ratios: the budget grid (shares of ``train``).
+        recipe: the fine-tuning recipe.
+        device: where to train.
+        seeds: repetitions per budget (averaged).
+        seed: base seed of the subsets and of the training order.
+        store: a JSON file keeping finished points (resume: they are not redone).
+        work_dir: checkpoint folder of the point in progress (removed when it is done).
+        progress: show a bar over the points.
+
+    Returns:
+        name -> mean accuracy per budget, in the order of ``ratios``.
+    """
+    done: dict[str, float] = json.loads(store.read_text()) if store is not None and store.is_file() else {}
+    points = [(name, r, k) for name in rows for r in ratios for k in range(seeds)]
+    for name, r, k in tqdm(points, desc="curves", disable=not progress, leave=False):
+        key = f"{name}/{r:g}/{k}"
+        if key in done:
+            continue
+        model, masks = rows[name]
+        subset = budget_subset(train, r, seed + 1000 * k + int(round(r * 1e6)))
+        torch.manual_seed(seed + k)
+        start = model if isinstance(model, torch.nn.Module) else model()
+        tuned = finetune(start, masks, subset, dataclasses.replace(recipe, seed=seed + k), device,
+                         ckpt_dir=work_dir, progress=False)
+        done[key] = _accuracy(tuned, test, device)
+        if store is not None:
+            write_json_atomic(store, done)
+        if work_dir is not None:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    return {name: [float(np.mean([done[f"{name}/{r:g}/{k}"] for k in range(seeds)])) for r in ratios]
+            for name in rows}
+
+
+def run(cfg: NTPRunConfig, ctx: RunContext) -> dict[str, Any]:
+    """Train the source model, protect it, attack it at every budget, report SLC-AUC."""
+    check_run_folder(cfg, ctx)
+    where = {"seed": ctx.seed, "data_root": ctx.data_root, "progress": ctx.progress}
+    with ctx.timer("data"):
+        s_train = load_domain(cfg.source, "train", image_size=cfg.image_size, max_samples=cfg.max_source_train, **where)
+        s_test = load_domain(cfg.source, "test", image_size=cfg.image_size, max_samples=cfg.max_test, **where)
+        t_train = load_domain(cfg.target, "train", image_size=cfg.image_size, max_samples=cfg.max_target_train, **where)
+        t_test = load_domain(cfg.target, "test", image_size=cfg.image_size, max_samples=cfg.max_test, **where)
+    source_model, acc_original = _source_model(cfg, ctx, s_train, s_test)
+    released, masks, info = _protect(cfg, ctx, source_model, s_train, t_train)
+    acc_released = _accuracy(released, s_test, ctx.device)
+    with ctx.timer("source_finetune"):
+        tuned = finetune(released, masks or None, s_train, cfg.source_finetune, ctx.device,
+                         ckpt_dir=ctx.stage_dir("source_finetune"), progress=False)
+    acc_finetuned = _accuracy(tuned, s_test, ctx.device)
+    num_t = len(t_train.classes)
+
+    def scratch() -> Any:
+        return create_model(cfg.arch, num_classes=num_t)
+
+    def with_target_head(model: Any) -> Any:
+        model = copy.deepcopy(model)
+        if model.num_classes != num_t:  # a new head for another label space; otherwise h_S is the start
+            model.reset_head(num_t)
+        return model
+
+    rows: dict[str, tuple[Any, dict | None]] = {"scratch": (scratch, None),
+                                                "transfer": (with_target_head(source_model), None)}
+    if cfg.attack in ("masked", "both"):
+        rows["masked"] = (with_target_head(released), masks or None)
+    if cfg.attack in ("dense", "both"):
+        rows["dense"] = (with_target_head(released), None)
+    with ctx.timer("curves"):
+        curves = learning_curves(rows, t_train, t_test, cfg.ratios, cfg.curve, ctx.device, seeds=cfg.curve_seeds,
+                                 seed=ctx.seed, store=None if ctx.ckpt_dir is None else ctx.ckpt_dir / "curves.json",
+                                 work_dir=ctx.stage_dir("curve_point"), progress=ctx.progress)
+
+    def auc(name: str, base: float) -> float | None:
+        return slc_auc(cfg.ratios, curves[name], curves["scratch"], log_base=base) if name in curves else None
+
+    return {
+        "source_acc": {"original": acc_original, "released": acc_released, "finetuned": acc_finetuned},
+        "target_acc_released": _accuracy(released, t_test, ctx.device) if num_t == released.num_classes else None,
+        "sparsity": info["sparsity"]["all"],
+        "sparsity_weights": info["sparsity"]["weights"],
+        "sparsity_layers": info["sparsity"]["layers"],
+        "slc_auc": {"masked": auc("masked", cfg.log_base), "dense": auc("dense", cfg.log_base)},
+        "slc_auc_transfer": auc("transfer", cfg.log_base),
+        "slc_auc_ln": {k: auc(k, math.e) for k in ("masked", "dense", "transfer")},
+        "log_base": cfg.log_base,
+        "curves": {"ratios": list(cfg.ratios), **curves},
+        "method": cfg.method,
+        "attack": cfg.attack,
+        "source_init": cfg.source_init,
+        "num_source_train": len(s_train), "num_target_train": len(t_train),
+        "num_source_test": len(s_test), "num_target_test": len(t_test),
+        "protection": {k: v for k, v in info.items() if k != "sparsity"},
+    }
+
+
+register_runner(Runner(
+    name="ntp",
+    help="Non-Transferable Pruning and baselines: protect a source model, attack it on a target domain, report SLC-AUC",
+    config_for=NTPRunConfig.for_profile,
+    run=run,
+    flags=(
+        Flag("--source", "source", "authorised domain: a dataset spec (digits, mnist, npz:PATH ...)"),
+        Flag("--target", "target", "domain to block: a dataset spec"),
+        Flag("--arch", "arch", "model: digits_cnn, resnet18, vgg11 ..."),
+        Flag("--method", "method", "protection: " + ", ".join(METHODS)),
+        Flag("--attack", "attack", "attacker's fine-tuning: " + ", ".join(ATTACKS)),
+    ),
+))

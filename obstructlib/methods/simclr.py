@@ -1,0 +1,177 @@
+"""A small SimCLR: contrastive self-supervised pre-training of a classifier's encoder.
+
+NTP's self-supervised variant protects an encoder that was pre-trained without labels (SimCLR /
+MoCo checkpoints in the paper, CIFAR-10 -> STL-10): ``obstruct ntp --set source_init=simclr``
+pre-trains ``model.encoder`` with :func:`simclr_pretrain` on the source images, then the runner
+attaches the linear head and fine-tunes encoder and head on the labelled source set (the
+official pipeline's step 1) before pruning. Offline there are no SSL checkpoints, so the encoder
+is pre-trained here; on Colab a longer run (or loading a checkpoint into the model) stands in
+for the paper's public weights.
+
+References:
+    Chen et al., A Simple Framework for Contrastive Learning of Visual Representations, arXiv:2002.05709.
+    Ding et al., Non-transferable Pruning, arXiv:2410.08015 (Sec. on self-supervised encoders).
+
+Example:
+    >>> history = simclr_pretrain(model, source_train, SimCLRConfig(epochs=1), "cpu")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from obstructlib.engine import epoch_loader, has_checkpoint, load_checkpoint, resolve_device, save_checkpoint
+from obstructlib.errors import ConfigError, check_range
+from obstructlib.models import ImageClassifier
+
+__all__ = ["SimCLRConfig", "nt_xent_loss", "simclr_augment", "simclr_pretrain"]
+
+
+@dataclass
+class SimCLRConfig:
+    """SimCLR pre-training recipe.
+
+    Attributes:
+        epochs: passes over the images (SimCLR trains for hundreds; 100 is a Colab-sized run).
+        batch_size: images per batch (2 x batch_size views; larger is better for NT-Xent).
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        temperature: NT-Xent temperature tau (0.5 in SimCLR's CIFAR runs).
+        proj_dim: output width of the 2-layer projection head (discarded after pre-training).
+        min_crop: smallest area share of the random resized crop.
+        seed: seed of the data order and augmentations.
+    """
+
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    temperature: float = 0.5
+    proj_dim: int = 128
+    min_crop: float = 0.3
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise a one-line :class:`ConfigError` for bad values."""
+        for name in ("epochs", "batch_size", "proj_dim"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"simclr.{name}={getattr(self, name)}: use a positive integer")
+        check_range("simclr.temperature", self.temperature, 1e-3, 10.0)
+        check_range("simclr.min_crop", self.min_crop, 0.01, 1.0)
+        if self.lr <= 0:
+            raise ConfigError(f"simclr.lr={self.lr}: use a value > 0")
+
+
+def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    """NT-Xent: each view must pick its partner among the other 2B - 1 views (cosine similarity / tau).
+
+    Shape:
+        ``z1``, ``z2``: ``(B, D)`` projections of two views of the same B images -> scalar.
+
+    Example:
+        >>> z = torch.eye(4)
+        >>> nt_xent_loss(z, z, 0.1) < nt_xent_loss(z, z.roll(1, 0), 0.1)
+        tensor(True)
+    """
+    if z1.shape != z2.shape:
+        raise ConfigError(f"views have shapes {tuple(z1.shape)} and {tuple(z2.shape)}: pass two views of one batch")
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    n = z1.shape[0]
+    sim = z @ z.T / temperature
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(sim, partner)
+
+
+def simclr_augment(x: torch.Tensor, generator: torch.Generator, min_crop: float = 0.3) -> torch.Tensor:
+    """SimCLR's view: random resized crop, horizontal flip, colour jitter and random greyscale.
+
+    Args:
+        x: images ``(B, C, H, W)`` in [0, 1].
+        generator: CPU generator for every random draw (reproducible views).
+        min_crop: smallest crop area share.
+
+    Returns:
+        Augmented images, same shape, in [0, 1].
+    """
+    b, c, h, w = x.shape
+    u = torch.rand(b, 8, generator=generator)
+    out = torch.empty_like(x)
+    for i in range(b):  # a per-image crop box, resized back to (H, W)
+        area = min_crop + (1 - min_crop) * float(u[i, 0])
+        ch, cw = max(2, round(h * math.sqrt(area))), max(2, round(w * math.sqrt(area)))
+        top, left = int(u[i, 1] * (h - ch + 1)), int(u[i, 2] * (w - cw + 1))
+        crop = x[i:i + 1, :, top:top + ch, left:left + cw]
+        out[i] = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)[0]
+    flip = (u[:, 3] < 0.5).to(x.device)
+    out = torch.where(flip[:, None, None, None], out.flip(-1), out)
+    shape = (b, 1, 1, 1)
+    bright = (0.6 + 0.8 * u[:, 4]).view(shape).to(x.device)
+    contrast = (0.6 + 0.8 * u[:, 5]).view(shape).to(x.device)
+    sat = (0.6 + 0.8 * u[:, 6]).view(shape).to(x.device)
+    out = out * bright
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    out = (out - mean) * contrast + mean
+    grey = out.mean(dim=1, keepdim=True)
+    out = grey + (out - grey) * sat
+    to_grey = (u[:, 7] < 0.2).view(shape).to(x.device)
+    out = torch.where(to_grey, out.mean(dim=1, keepdim=True).expand_as(out), out)
+    return out.clamp(0.0, 1.0)
+
+
+def simclr_pretrain(model: ImageClassifier, dataset: Dataset, cfg: SimCLRConfig, device: torch.device | str | None,
+                    *, ckpt_dir: str | os.PathLike | None = None, progress: bool = True) -> list[float]:
+    """Pre-train ``model.encoder`` (in place) with SimCLR on ``dataset``'s images; labels are ignored.
+
+    A 2-layer projection head is trained alongside and discarded. Checkpoints every epoch (model,
+    projection head and optimiser) and resumes from ``ckpt_dir``.
+
+    Args:
+        model: the classifier whose encoder is pre-trained (its head is not used).
+        dataset: items ``(image (C, H, W) in [0, 1], label)``.
+        cfg: the recipe.
+        device: where to train.
+        ckpt_dir: checkpoint directory (None: none).
+        progress: show a bar.
+
+    Returns:
+        Mean NT-Xent loss per epoch.
+    """
+    cfg.validate()
+    device = resolve_device(device)
+    model.to(device)
+    proj = nn.Sequential(nn.Linear(model.num_features, model.num_features), nn.ReLU(),
+                         nn.Linear(model.num_features, cfg.proj_dim)).to(device)
+    both = nn.ModuleDict({"model": model, "proj": proj})
+    opt = torch.optim.Adam(both.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    history: list[float] = []
+    start = 0
+    if has_checkpoint(ckpt_dir):
+        meta = load_checkpoint(ckpt_dir, both, opt, map_location=device)
+        start, history = meta["step"], meta["extra"]["history"]
+    bs = min(cfg.batch_size, len(dataset))  # type: ignore[arg-type]
+    for epoch in tqdm(range(start, cfg.epochs), desc="SimCLR", disable=not progress, leave=False):
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        model.train()
+        total, steps = 0.0, 0
+        for x, _ in epoch_loader(dataset, bs, seed=cfg.seed, epoch=epoch):
+            x = x.to(device)
+            v1, v2 = simclr_augment(x, gen, cfg.min_crop), simclr_augment(x, gen, cfg.min_crop)
+            loss = nt_xent_loss(proj(model.features(v1)), proj(model.features(v2)), cfg.temperature)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, steps = total + loss.item(), steps + 1
+        history.append(total / max(steps, 1))
+        if ckpt_dir is not None:
+            save_checkpoint(ckpt_dir, both, opt, step=epoch + 1, config=asdict(cfg), extra={"history": history})
+    model.eval()
+    return history
