@@ -32,12 +32,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from obstructlib.config import config_to_dict
 from obstructlib.data import PerturbationStore, load_dataset, seeded_subset
 from obstructlib.data.labels import parse_protocol, relabel_dataset
 from obstructlib.engine import ClassifierTrainConfig, fit_classifier
 from obstructlib.errors import ConfigError, check_range
 from obstructlib.experiments import Flag, RunContext, Runner, register_runner
+from obstructlib.experiments.common import check_run_folder
 from obstructlib.methods.countermeasures import (
     COUNTERMEASURES,
     AdvTrainConfig,
@@ -308,41 +308,6 @@ def _protect_uc(cfg: UCRunConfig, ctx: RunContext, train: Dataset, work: Path | 
     return result.store, info
 
 
-_NO_MEANING = ("num_workers", "cache_max_bytes", "eval_batch_size", "ckpt_every_epochs", "ckpt_every_batches")
-
-
-def _fingerprint(cfg: UCRunConfig, seed: int) -> dict[str, Any]:
-    """The config values that change a run's result, flattened (``train.lr`` ...)."""
-    flat: dict[str, Any] = {"seed": seed}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}{k}.", v)
-        elif prefix.rstrip(".").rsplit(".", 1)[-1] not in _NO_MEANING:
-            flat[prefix.rstrip(".")] = value
-
-    walk("", config_to_dict(cfg))
-    return flat
-
-
-def _check_run_folder(cfg: UCRunConfig, ctx: RunContext) -> None:
-    """Refuse to resume checkpoints made with a different config (they would be silently mixed)."""
-    if ctx.ckpt_dir is None:
-        return
-    path, now = ctx.ckpt_dir / "run.json", json.loads(json.dumps(_fingerprint(cfg, ctx.seed)))
-    if path.is_file():
-        old = json.loads(path.read_text())
-        diff = [k for k in sorted(set(old) | set(now)) if old.get(k) != now.get(k)]
-        if diff:
-            k = diff[0]
-            raise ConfigError(f"{ctx.out_dir} holds a run with {k}={old.get(k)!r} (now {now.get(k)!r}): "
-                              "use a new --out, or delete the old folder")
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(now, indent=1))
-
-
 def _stored_protection(cfg: UCRunConfig, ctx: RunContext, train: Dataset) -> tuple[PerturbationStore, dict, bool]:
     """The finished store of this run folder, or a new one (saved before the target trains)."""
     folder = ctx.stage_dir("store")
@@ -377,7 +342,7 @@ def _train_target(cfg: UCRunConfig, ctx: RunContext, train: Dataset, test: Datas
 
 def run(cfg: UCRunConfig, ctx: RunContext) -> dict[str, Any]:
     """Protect, relabel, train clean and protected targets, evaluate on the clean test set."""
-    _check_run_folder(cfg, ctx)
+    check_run_folder(cfg, ctx)
     with ctx.timer("data"):
         train = _load_split(cfg, ctx, "train", cfg.max_train_samples)
         test = _load_split(cfg, ctx, "test", cfg.max_test_samples)

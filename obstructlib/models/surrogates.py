@@ -36,7 +36,13 @@ from torch import nn
 from obstructlib.errors import ConfigError, ObstructError
 from obstructlib.models.cifar_resnet import IMAGENET_MEAN, IMAGENET_STD
 from obstructlib.models.clip import ClipModel, create_clip
-from obstructlib.models.registry import ImageClassifier, Normalize, create_model, list_models, remap_foreign_keys
+from obstructlib.models.registry import (
+    ImageClassifier,
+    Normalize,
+    create_model,
+    list_models,
+    remap_foreign_keys,
+)
 
 __all__ = ["FeatureExtractor", "create_surrogate", "resolve_surrogate_pretrained"]
 
