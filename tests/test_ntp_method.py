@@ -34,13 +34,7 @@ from obstructlib.methods import (
 from obstructlib.models import create_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These models are tiny: one intra-op thread is faster, and far faster on a shared CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(num_classes: int = 3) -> nn.Module:

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from obstructlib.cli import main
 from obstructlib.config import apply_overrides
@@ -22,13 +21,7 @@ TINY = [
     "--set", "ntp.epochs=1", "--set", "ntp.batch_size=32", "--set", "ntp.max_iters=2", "--set", "ntp.min_iters=1",
     "--set", "ntp.head_epochs=2", "--set", "ntl.epochs=1", "--set", "ntl.batch_size=32",
 ]
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These models are tiny: one intra-op thread is faster, and far faster on a shared CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CONTRACT = ("command", "profile", "config", "metrics", "timings_s", "device", "versions")

@@ -147,7 +147,8 @@ def _no_decay(name: str, param: nn.Parameter) -> bool:
     )
 
 
-def _adamw(model: nn.Module, cfg: ClipTrainConfig) -> torch.optim.AdamW:
+def clip_adamw(model: nn.Module, cfg: ClipTrainConfig) -> torch.optim.AdamW:
+    """CLIP's AdamW: decay on weight matrices only, frozen parameters left out (``fit_clip`` uses it)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # frozen params never move
     if not named:
         raise ConfigError("the CLIP model has no trainable parameters: unfreeze some before training")
@@ -248,7 +249,7 @@ def fit_clip(
     stop_at = total if max_steps is None else min(total, max_steps)
     model.to(device)
     bare = unwrap(model)
-    optimizer = _adamw(bare, cfg)
+    optimizer = clip_adamw(bare, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, partial(_warmup_cosine, warmup=cfg.warmup_steps, total=total)
     )

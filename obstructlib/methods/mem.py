@@ -52,7 +52,7 @@ from obstructlib.engine import (
     resolve_device,
     save_checkpoint,
 )
-from obstructlib.engine.clip import _adamw
+from obstructlib.engine.clip import clip_adamw
 from obstructlib.engine.distributed import barrier, is_main_process
 from obstructlib.errors import ConfigError, check_range
 from obstructlib.methods.mem_steps import (
@@ -254,7 +254,7 @@ def mem_protect(
     shape = tuple(pairs[0][0].shape)
     store, triggers, rows = _init_state(pairs, model, cfg, shape)
     tokens = tokenize_captions(model, pairs.captions)  # type: ignore[attr-defined]
-    opt = _adamw(model, cfg.surrogate)
+    opt = clip_adamw(model, cfg.surrogate)
     ckpt = None if ckpt_dir is None else Path(ckpt_dir)
     state: dict[str, Any] = {"round": 0, "train_batches": 0, "history": []}
     cluster_noise = None
