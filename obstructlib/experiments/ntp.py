@@ -28,9 +28,7 @@ import copy
 import dataclasses
 import json
 import math
-import shutil
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,18 +36,17 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from obstructlib.data import ArrayImageDataset, labels_of, load_dataset, seeded_subset
-from obstructlib.engine import ClassifierTrainConfig, evaluate, fit_classifier
-from obstructlib.engine.distributed import shard_loader
+from obstructlib.engine import ClassifierTrainConfig, fit_classifier
 from obstructlib.errors import ConfigError, check_range
 from obstructlib.experiments import Flag, RunContext, Runner, register_runner
-from obstructlib.experiments.common import check_run_folder, write_json_atomic
+from obstructlib.experiments.common import check_run_folder
+from obstructlib.experiments.ntp_curves import accuracy, budget_subset, learning_curves
 from obstructlib.methods.ntl import NTLConfig, train_ntl
 from obstructlib.methods.ntp import NTPConfig, ntp_prune, train_target_head
 from obstructlib.methods.ntp_release import finetune, load_released, magnitude_prune, save_released
-from obstructlib.methods.ntp_steps import Masks, sparsity_report
+from obstructlib.methods.ntp_steps import sparsity_report
 from obstructlib.methods.simclr import SimCLRConfig, simclr_pretrain
 from obstructlib.metrics.transfer import slc_auc
 from obstructlib.models import create_model
@@ -248,20 +245,6 @@ def load_domain(spec: str, split: str = "train", *, image_size: int = 32, max_sa
     return _materialise(seeded_subset(ds, max_samples, seed=seed), style, seed + (split == "test"))
 
 
-def budget_subset(train: ArrayImageDataset, ratio: float, seed: int) -> ArrayImageDataset:
-    """``max(C, floor(ratio * N))`` seeded, stratified images with at least one per class."""
-    labels = train.labels
-    classes = np.unique(labels)
-    n = max(len(classes), int(math.floor(ratio * len(train))))
-    idx = set(seeded_subset(train, n, seed=seed).indices)
-    rng = np.random.default_rng(seed)
-    for c in classes:  # a tiny budget may round a class away: add one image of it
-        members = np.flatnonzero(labels == c)
-        if not idx.intersection(members.tolist()):
-            idx.add(int(rng.choice(members)))
-    return train.subset(sorted(idx))
-
-
 # ---- stages ----------------------------------------------------------------------------------
 def _source_model(cfg: NTPRunConfig, ctx: RunContext, train: Dataset, test: Dataset) -> tuple[Any, float]:
     torch.manual_seed(ctx.seed)
@@ -273,11 +256,7 @@ def _source_model(cfg: NTPRunConfig, ctx: RunContext, train: Dataset, test: Data
     with ctx.timer("source_training"):
         fit_classifier(model, train, None, cfg.source_train, ctx.device, ckpt_dir=ctx.stage_dir("source_model"),
                        progress=ctx.progress)
-    return model.eval(), _accuracy(model, test, ctx.device)
-
-
-def _accuracy(model: Any, test: Dataset, device: torch.device | str) -> float:
-    return float(evaluate(model, shard_loader(test, 256), device)["acc"])
+    return model.eval(), accuracy(model, test, ctx.device)
 
 
 def _protect(cfg: NTPRunConfig, ctx: RunContext, source_model: Any, s_train: ArrayImageDataset,
@@ -318,56 +297,6 @@ def _protect(cfg: NTPRunConfig, ctx: RunContext, source_model: Any, s_train: Arr
     return model, masks, info
 
 
-def learning_curves(rows: dict[str, tuple[Any, Masks | None]], train: ArrayImageDataset, test: Dataset,
-                    ratios: Sequence[float], recipe: ClassifierTrainConfig, device: torch.device | str, *,
-                    seeds: int = 1, seed: int = 0, store: Path | None = None, work_dir: Path | None = None,
-                    progress: bool = False) -> dict[str, list[float]]:
-    """Sample-wise learning curves: final-epoch test accuracy after fine-tuning at each budget.
-
-    For every row, budget and seed a FRESH copy of the row's model (encoder and head) is
-    fine-tuned on :func:`budget_subset` of ``train`` with ``recipe`` (masks kept when the row has
-    masks) and evaluated once, after the last epoch, on ``test``. Every row uses the same recipe,
-    subsets and selection rule (the official code used best-on-test epochs for the scratch curve
-    and carried the head over between budgets).
-
-    Args:
-        rows: name -> ``(model, masks or None)``; the model may be a zero-argument factory (for
-            training from scratch: a new random model per budget).
-        train: the target training set.
-        test: the target test set.
-        ratios: the budget grid (shares of ``train``).
-        recipe: the fine-tuning recipe.
-        device: where to train.
-        seeds: repetitions per budget (averaged).
-        seed: base seed of the subsets and of the training order.
-        store: a JSON file keeping finished points (resume: they are not redone).
-        work_dir: checkpoint folder of the point in progress (removed when it is done).
-        progress: show a bar over the points.
-
-    Returns:
-        name -> mean accuracy per budget, in the order of ``ratios``.
-    """
-    done: dict[str, float] = json.loads(store.read_text()) if store is not None and store.is_file() else {}
-    points = [(name, r, k) for name in rows for r in ratios for k in range(seeds)]
-    for name, r, k in tqdm(points, desc="curves", disable=not progress, leave=False):
-        key = f"{name}/{r:g}/{k}"
-        if key in done:
-            continue
-        model, masks = rows[name]
-        subset = budget_subset(train, r, seed + 1000 * k + int(round(r * 1e6)))
-        torch.manual_seed(seed + k)
-        start = model if isinstance(model, torch.nn.Module) else model()
-        tuned = finetune(start, masks, subset, dataclasses.replace(recipe, seed=seed + k), device,
-                         ckpt_dir=work_dir, progress=False)
-        done[key] = _accuracy(tuned, test, device)
-        if store is not None:
-            write_json_atomic(store, done)
-        if work_dir is not None:
-            shutil.rmtree(work_dir, ignore_errors=True)
-    return {name: [float(np.mean([done[f"{name}/{r:g}/{k}"] for k in range(seeds)])) for r in ratios]
-            for name in rows}
-
-
 def run(cfg: NTPRunConfig, ctx: RunContext) -> dict[str, Any]:
     """Train the source model, protect it, attack it at every budget, report SLC-AUC."""
     check_run_folder(cfg, ctx)
@@ -379,11 +308,11 @@ def run(cfg: NTPRunConfig, ctx: RunContext) -> dict[str, Any]:
         t_test = load_domain(cfg.target, "test", image_size=cfg.image_size, max_samples=cfg.max_test, **where)
     source_model, acc_original = _source_model(cfg, ctx, s_train, s_test)
     released, masks, info = _protect(cfg, ctx, source_model, s_train, t_train)
-    acc_released = _accuracy(released, s_test, ctx.device)
+    acc_released = accuracy(released, s_test, ctx.device)
     with ctx.timer("source_finetune"):
         tuned = finetune(released, masks or None, s_train, cfg.source_finetune, ctx.device,
                          ckpt_dir=ctx.stage_dir("source_finetune"), progress=False)
-    acc_finetuned = _accuracy(tuned, s_test, ctx.device)
+    acc_finetuned = accuracy(tuned, s_test, ctx.device)
     num_t = len(t_train.classes)
 
     def scratch() -> Any:
@@ -411,7 +340,7 @@ def run(cfg: NTPRunConfig, ctx: RunContext) -> dict[str, Any]:
 
     return {
         "source_acc": {"original": acc_original, "released": acc_released, "finetuned": acc_finetuned},
-        "target_acc_released": _accuracy(released, t_test, ctx.device) if num_t == released.num_classes else None,
+        "target_acc_released": accuracy(released, t_test, ctx.device) if num_t == released.num_classes else None,
         "sparsity": info["sparsity"]["all"],
         "sparsity_weights": info["sparsity"]["weights"],
         "sparsity_layers": info["sparsity"]["layers"],
