@@ -61,7 +61,8 @@ def test_resuming_with_another_config_is_refused(tmp_path, capsys):
 
 
 def test_uc_with_coarse_labels(tmp_path):
-    _, results = _run(tmp_path, "--method", "uc", "--labels", "coarse")
+    # the embedded synthetic set has superclasses (the quick default, digits, has none)
+    _, results = _run(tmp_path, "--method", "uc", "--labels", "coarse", "--set", "dataset=synthetic")
     _check_metrics(results, 3)
     m = results["metrics"]
     assert m["store_mode"] == "cluster" and sum(m["protection"]["cluster_sizes"]) == 64
