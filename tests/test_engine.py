@@ -335,11 +335,14 @@ def test_fit_clip_resume_is_bit_identical(tmp_path):
     torch.rand(7)
     resumed_model = TinyClip()
     resumed = fit_clip(resumed_model, Pairs(), cfg, "cpu", ckpt_dir=tmp_path / "ck", progress=False)
+    timed = resumed.pop("seconds"), full.pop("seconds")
     assert resumed == full  # same history, window means included
     assert params_equal(resumed_model, full_model)
+    # training wall time: one entry per log record, growing across the resume
+    assert all(len(t) == len(full["step"]) and t == sorted(t) and t[0] > 0 for t in timed)
     # calling again after the end is a no-op that returns the stored history
     again = fit_clip(TinyClip(), Pairs(), cfg, "cpu", ckpt_dir=tmp_path / "ck", progress=False)
-    assert again == full
+    assert again.pop("seconds") == timed[0] and again == full
 
 
 def test_fit_clip_frozen_tower_does_not_move():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -239,7 +240,9 @@ def fit_clip(
             ``cfg.steps``; the next call with the same ``ckpt_dir`` carries on.
 
     Returns:
-        History with lists ``step``, ``loss`` (mean over the log window), ``lr``, ``logit_scale``.
+        History with lists ``step``, ``loss`` (mean over the log window), ``lr``, ``logit_scale``
+        and ``seconds`` (training wall time so far, summed over resumed sessions, so a caller can
+        report the cost per step even when the run was resumed from a checkpoint).
     """
     cfg.validate()
     device = resolve_device(device)
@@ -253,13 +256,14 @@ def fit_clip(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, partial(_warmup_cosine, warmup=cfg.warmup_steps, total=total)
     )
-    history: dict[str, list[float]] = {"step": [], "loss": [], "lr": [], "logit_scale": []}
+    history: dict[str, list[float]] = {"step": [], "loss": [], "lr": [], "logit_scale": [], "seconds": []}
     scaler = grad_scaler(device, cfg.amp)  # active only for fp16 autocast (pre-Ampere GPUs)
     step, window = 0, [0.0, 0]  # loss sum and count since the last log
     if has_checkpoint(ckpt_dir):
         meta = load_checkpoint(ckpt_dir, bare, optimizer, scheduler)
         step = meta["step"]
         history = meta["extra"].get("history", history)
+        history.setdefault("seconds", [])
         window = list(meta["extra"].get("window", window))
         if meta["extra"].get("scaler"):
             scaler.load_state_dict(meta["extra"]["scaler"])
@@ -268,6 +272,8 @@ def fit_clip(
     loss_sum = torch.tensor(window[0], dtype=torch.float64, device=device)
     bar = tqdm(total=stop_at, initial=step, desc="clip", disable=not (progress and is_main_process()))
     bare.train()
+    elapsed = history["seconds"][-1] if history["seconds"] else 0.0
+    started = time.perf_counter()
     while step < stop_at:
         epoch, offset = divmod(step, steps_per_epoch)
         loader = epoch_loader(
@@ -290,6 +296,7 @@ def fit_clip(
                     "loss": loss_sum.item() / window[1],
                     "lr": optimizer.param_groups[0]["lr"],
                     "logit_scale": bare.logit_scale.detach().exp().item(),
+                    "seconds": elapsed + time.perf_counter() - started,
                 }
                 for key, value in record.items():
                     history[key].append(value)

@@ -299,7 +299,8 @@ def run(cfg: MEMRunConfig, ctx: RunContext) -> dict[str, Any]:
         chance["zero_shot_acc"] = 1.0 / len(test.classes)
     steps = len(clean_hist.get("step", [])) and clean_hist["step"][-1]
     gen_s = ctx.timings_s.get("noise_generation", 0.0)
-    step_s = ctx.timings_s["hacker_clean"] / max(steps, 1)
+    # training time per step from the history (a clean hacker resumed from a checkpoint costs ~0 s here)
+    step_s = (clean_hist.get("seconds") or [ctx.timings_s["hacker_clean"]])[-1] / max(steps, 1)
     return {
         "clean": _row(clean), "protected": _row(prot), "chance": chance,
         "drop": {k: _row(clean)[k] - _row(prot)[k] for k in _row(prot) if not k.startswith("medr")},
