@@ -308,7 +308,7 @@ def run(cfg: MEMRunConfig, ctx: RunContext) -> dict[str, Any]:
         "noise_linf": float(np.abs(result.store.data.astype(np.int16)).max()) / 255.0 if result.store.data.size else 0.0,
         "throughput": {"noise_pairs_per_s": len(train) / gen_s if gen_s else None,
                        "clip_train_steps_per_s": 1.0 / step_s if step_s else None,
-                       "noise_cost_in_train_steps": gen_s / step_s if step_s else None},
+                       "noise_cost_in_train_steps": gen_s / step_s if step_s and gen_s else None},
         "curves": {"clean": {"step": clean_hist.get("step", []), "loss": clean_hist.get("loss", [])},
                    "protected": {"step": prot_hist.get("step", []), "loss": prot_hist.get("loss", [])}},
         "method": cfg.method, "countermeasure": cfg.countermeasure, "protect_fraction": cfg.protect_fraction,
