@@ -50,7 +50,6 @@ def budget_subset(train: ArrayImageDataset, ratio: float, seed: int) -> ArrayIma
     return train.subset(sorted(idx))
 
 
-
 def learning_curves(rows: dict[str, tuple[Any, Masks | None]], train: ArrayImageDataset, test: Dataset,
                     ratios: Sequence[float], recipe: ClassifierTrainConfig, device: torch.device | str, *,
                     seeds: int = 1, seed: int = 0, store: Path | None = None, work_dir: Path | None = None,
