@@ -38,6 +38,8 @@ lane_b() {
   seed_from em-class-random5 em-class-original store; seed_from uc-original em-class-original target_clean
   run em-class-original --method em-class --labels original
   seed_from uc-original uc-grayscale store; run uc-grayscale --method uc --labels original --countermeasure grayscale
+  seed_from uc-original random-original target_clean; run random-original --method random --labels original
+  seed_from uc-original tap-original target_clean; run tap-original --method tap --labels original
 }
 case ${LANES:-ab} in
   a) lane_a ;; b) lane_b ;;
