@@ -4,7 +4,8 @@
 # hacker label protocols (checkpoints/store copied), and the clean target of a label protocol is
 # trained once (checkpoints/target_clean copied); every run resumes. Two lanes run side by side.
 # Rows: UC under original labels and two random re-partitions (into 5 and 8 groups), class-wise EM
-# (made with the original labels) under original and random-5 labels, UC against grayscale.
+# (made with the original labels) under original and random-5 labels, UC against grayscale,
+# random noise and TAP under the original labels.
 # Usage: CIFAR10_DIR=... RESNET20=... [OUT_DIR=runs/uc_cifar10] [N_TRAIN=5000] [EPOCHS=15] [UC_EPOCHS=4]
 #        bash benchmarks/uc_cifar10_evidence.sh
 cd "$(dirname "$0")/.." && set -u
