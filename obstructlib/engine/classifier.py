@@ -38,7 +38,7 @@ from obstructlib.engine.distributed import (
     wrap_ddp,
 )
 from obstructlib.engine.utils import autocast, grad_scaler, resolve_device
-from obstructlib.errors import ConfigError, check_range
+from obstructlib.errors import ConfigError, check_min, check_range
 from obstructlib.metrics import accuracy
 
 __all__ = ["ClassifierTrainConfig", "evaluate", "fit_classifier", "train_one_epoch"]
@@ -86,9 +86,7 @@ class ClassifierTrainConfig:
             raise ConfigError(f"optimizer={self.optimizer!r}: use 'sgd' or 'adam'")
         if self.scheduler not in ("cosine", "step", "none"):
             raise ConfigError(f"scheduler={self.scheduler!r}: use 'cosine', 'step' or 'none'")
-        for name in ("epochs", "batch_size", "ckpt_every_epochs", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)}: use a positive integer")
+        check_min(self, ("epochs", "batch_size", "ckpt_every_epochs", "eval_batch_size"))
         check_range("lr", self.lr, 0.0, 10.0)
         check_range("label_smoothing", self.label_smoothing, 0.0, 1.0, inclusive=True)
         if self.num_workers < 0:

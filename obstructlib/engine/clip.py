@@ -44,7 +44,7 @@ from obstructlib.engine.distributed import (
     wrap_ddp,
 )
 from obstructlib.engine.utils import autocast, grad_scaler, resolve_device
-from obstructlib.errors import ConfigError, check_range
+from obstructlib.errors import ConfigError, check_min, check_range
 
 __all__ = ["ClipTrainConfig", "clip_loss", "fit_clip"]
 
@@ -125,13 +125,8 @@ class ClipTrainConfig:
         """Raise :class:`ConfigError` for values outside their ranges."""
         if self.steps is None and self.epochs is None:
             raise ConfigError("set either steps or epochs of the CLIP training config")
-        for name in ("steps", "epochs"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{name}={value}: use a positive integer")
-        for name in ("batch_size", "log_every", "ckpt_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)}: use a positive integer")
+        check_min(self, ("steps", "epochs"), allow_none=True)
+        check_min(self, ("batch_size", "log_every", "ckpt_every"))
         check_range("lr", self.lr, 0.0, 1.0)
         check_range("weight_decay", self.weight_decay, 0.0, 10.0)
         check_range("max_logit_scale", self.max_logit_scale, 1.0, 1e4)

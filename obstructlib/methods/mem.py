@@ -54,7 +54,7 @@ from obstructlib.engine import (
 )
 from obstructlib.engine.clip import clip_adamw
 from obstructlib.engine.distributed import barrier, is_main_process
-from obstructlib.errors import ConfigError, check_range
+from obstructlib.errors import ConfigError, check_min, check_range
 from obstructlib.methods.mem_steps import (
     PairState,
     ProtectedPairs,
@@ -137,12 +137,8 @@ class MEMConfig:
         check_range("eps", self.eps, 0.0, 127 / 255)
         check_range("step_size", self.step_size, 0.0, 1.0)
         check_range("trigger_tokens", self.trigger_tokens, 0, 20)
-        for name in ("rounds", "batch_size", "num_candidates"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)}: use a positive integer")
-        for name in ("text_rounds", "train_steps", "pgd_steps"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}={getattr(self, name)}: use 0 or more")
+        check_min(self, ("rounds", "batch_size", "num_candidates"))
+        check_min(self, ("text_rounds", "train_steps", "pgd_steps"), 0)
         if self.num_groups is not None and self.num_groups < 1:
             raise ConfigError(f"num_groups={self.num_groups}: use a positive number of groups, or none")
         self.surrogate.validate()

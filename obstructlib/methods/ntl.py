@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from obstructlib.engine import has_checkpoint, load_checkpoint, resolve_device, save_checkpoint
-from obstructlib.errors import ConfigError
+from obstructlib.errors import check_min
 from obstructlib.methods.ntp_steps import gaussian_mmd, paired_batches
 from obstructlib.models import ImageClassifier
 
@@ -62,12 +62,8 @@ class NTLConfig:
 
     def validate(self) -> None:
         """Raise a one-line :class:`ConfigError` for bad values."""
-        for name in ("alpha", "beta", "lr"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"ntl.{name}={getattr(self, name)}: use a value > 0")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"ntl.{name}={getattr(self, name)}: use a positive integer")
+        check_min(self, ("alpha", "beta", "lr"), 0, strict=True, prefix="ntl.")
+        check_min(self, ("epochs", "batch_size"), prefix="ntl.")
 
 
 def ntl_loss(model: ImageClassifier, xs: torch.Tensor, ys: torch.Tensor, xt: torch.Tensor, yt: torch.Tensor,

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from obstructlib.engine import has_checkpoint, load_checkpoint, resolve_device, save_checkpoint
 from obstructlib.engine.distributed import shard_loader
-from obstructlib.errors import ConfigError, check_range
+from obstructlib.errors import ConfigError, check_min, check_range
 from obstructlib.methods.ntp_steps import (
     ADMMState,
     Masks,
@@ -140,15 +140,9 @@ class NTPConfig:
         if self.loss not in LOSSES:
             raise ConfigError(f"loss={self.loss!r}: use one of {', '.join(LOSSES)}")
         check_range("sparsity", self.sparsity, 0.0, 1.0, inclusive=False)
-        for name in ("alpha", "reg", "gamma", "weight_decay", "head_weight_decay", "plateau_tol", "fisher_eps"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}={getattr(self, name)}: use a value >= 0")
-        for name in ("rho", "lr", "head_lr", "ce_cap", "ntl_ce_cap", "ntl_mmd_cap"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name}={getattr(self, name)}: use a value > 0")
-        for name in ("epochs", "batch_size", "max_iters", "head_epochs"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)}: use a positive integer")
+        check_min(self, ("alpha", "reg", "gamma", "weight_decay", "head_weight_decay", "plateau_tol", "fisher_eps"), 0)
+        check_min(self, ("rho", "lr", "head_lr", "ce_cap", "ntl_ce_cap", "ntl_mmd_cap"), 0, strict=True)
+        check_min(self, ("epochs", "batch_size", "max_iters", "head_epochs"))
         if not 0 <= self.min_iters <= self.max_iters:
             raise ConfigError(f"min_iters={self.min_iters}: use a value in [0, max_iters={self.max_iters}]")
 

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from obstructlib.data import IndexedDataset, PerturbationStore, labels_of
 from obstructlib.engine import autocast, has_checkpoint, load_checkpoint, resolve_device, save_checkpoint
 from obstructlib.engine.distributed import epoch_loader
-from obstructlib.errors import ConfigError, check_range
+from obstructlib.errors import ConfigError, check_min, check_range
 from obstructlib.methods.perturb import perturb_dataset
 
 __all__ = [
@@ -100,9 +100,8 @@ class ErrorMinConfig:
         check_range("eps", self.eps, 0.0, 127 / 255)
         check_range("step_size", self.step_size, 0.0, 1.0)
         check_range("stop_acc", self.stop_acc, 0.0, 1.0)
-        for name in ("steps", "train_steps", "max_rounds", "batch_size"):
-            if getattr(self, name) < (0 if name in ("steps", "train_steps") else 1):
-                raise ConfigError(f"{name}={getattr(self, name)}: use a positive integer")
+        check_min(self, ("steps", "train_steps"), 0)
+        check_min(self, ("max_rounds", "batch_size"))
 
 
 @dataclass
@@ -137,9 +136,7 @@ class ErrorMaxConfig:
         """Raise :class:`ConfigError` for values outside their ranges."""
         check_range("eps", self.eps, 0.0, 127 / 255)
         check_range("step_size", self.step_size, 0.0, 1.0)
-        for name in ("steps", "batch_size", "ckpt_every_batches"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)}: use a positive integer")
+        check_min(self, ("steps", "batch_size", "ckpt_every_batches"))
 
 
 class _Relabelled(Dataset):

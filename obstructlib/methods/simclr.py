@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from obstructlib.engine import epoch_loader, has_checkpoint, load_checkpoint, resolve_device, save_checkpoint
-from obstructlib.errors import ConfigError, check_range
+from obstructlib.errors import ConfigError, check_min, check_range
 from obstructlib.models import ImageClassifier
 
 __all__ = ["SimCLRConfig", "nt_xent_loss", "simclr_augment", "simclr_pretrain"]
@@ -61,9 +61,7 @@ class SimCLRConfig:
 
     def validate(self) -> None:
         """Raise a one-line :class:`ConfigError` for bad values."""
-        for name in ("epochs", "batch_size", "proj_dim"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"simclr.{name}={getattr(self, name)}: use a positive integer")
+        check_min(self, ("epochs", "batch_size", "proj_dim"), prefix="simclr.")
         check_range("simclr.temperature", self.temperature, 1e-3, 10.0)
         check_range("simclr.min_crop", self.min_crop, 0.01, 1.0)
         if self.lr <= 0:

@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from obstructlib.data import PerturbationStore
 from obstructlib.data.store import MAX_UNITS
 from obstructlib.engine import resolve_device
-from obstructlib.errors import ConfigError
+from obstructlib.errors import ConfigError, check_min
 from obstructlib.methods.kmeans import kmeans
 from obstructlib.methods.uc_steps import (
     cluster_targets,
@@ -160,9 +160,7 @@ class UCConfig:
             s == "rn50" or (isinstance(s, str) and s.split(":", 1)[0] in ("clip", "classifier") and ":" in s)
         ):
             raise ConfigError(f"unknown surrogate {s!r}: {_SURROGATE_HINT}")
-        for name in ("epochs", "batch_size", "ngf", "kmeans_n_init", "kmeans_iters"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)}: use a positive integer")
+        check_min(self, ("epochs", "batch_size", "ngf", "kmeans_n_init", "kmeans_iters"))
         if self.n_blocks < 0 or self.num_workers < 0:
             raise ConfigError("n_blocks and num_workers must be 0 or more")
         if not (0 < self.lr <= 1) or not (0 <= self.min_lr <= self.lr) or self.weight_decay < 0:
