@@ -23,3 +23,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def cli_fails(capsys):
+    """``cli_fails(argv, words)``: run ``obstruct argv``, assert exit status 2 and ONE stderr line containing ``words``."""
+    from obstructlib.cli import main
+
+    def run(argv, words):
+        status = main(list(argv))
+        err = capsys.readouterr().err.strip()
+        assert status == 2, err
+        assert len(err.splitlines()) == 1 and words in err, err
+        return err
+
+    return run
+

@@ -31,12 +31,9 @@ def test_info_lists_datasets_and_fetch_commands(capsys, tmp_path):
     (["clip", "--dataset", "npz:/no/such/file.npz"], "/no/such/file.npz"),
     (["clip", "--dataset", "cifar10"], "data_scripts/cifar10.py"),
 ])
-def test_bad_input_exits_2_with_one_line_and_leaves_nothing(argv, words, tmp_path, capsys):
+def test_bad_input_exits_2_with_one_line_and_leaves_nothing(argv, words, tmp_path, cli_fails):
     out = tmp_path / "run"
-    status = main([*argv, "--out", str(out), "--data-root", str(tmp_path / "data"), "--no-progress"])
-    err = capsys.readouterr().err.strip()
-    assert status == 2
-    assert len(err.splitlines()) == 1 and words in err, err
+    cli_fails([*argv, "--out", str(out), "--data-root", str(tmp_path / "data"), "--no-progress"], words)
     assert not out.exists()
 
 

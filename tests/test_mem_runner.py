@@ -78,11 +78,9 @@ def test_classification_data_gets_templated_captions(tmp_path):
     assert m["num_train_pairs"] == m["num_train_images"] == 20 and m["chance"]["zero_shot_acc"] == 0.1
 
 
-def test_resuming_with_another_config_is_refused(tmp_path, capsys):
+def test_resuming_with_another_config_is_refused(tmp_path, cli_fails):
     out, _ = _run(tmp_path, "--method", "random")
-    status = main(["mem", "--out", str(out), *TINY, "--method", "random", "--set", "eps=4/255"])
-    err = capsys.readouterr().err.strip()
-    assert status == 2 and "eps" in err and len(err.splitlines()) == 1
+    cli_fails(["mem", "--out", str(out), *TINY, "--method", "random", "--set", "eps=4/255"], "eps")
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -96,12 +94,9 @@ def test_resuming_with_another_config_is_refused(tmp_path, capsys):
     (["--dataset", "csv:/nonexistent/captions.csv"], "does not exist"),
     (["--set", "train.batch_size=64"], "exceeds"),
 ])
-def test_bad_input_exits_2_with_one_line_and_leaves_nothing(tmp_path, capsys, argv, words):
+def test_bad_input_exits_2_with_one_line_and_leaves_nothing(tmp_path, cli_fails, argv, words):
     out = tmp_path / "run"
-    status = main(["mem", "--out", str(out), *TINY, *argv])
-    err = capsys.readouterr().err.strip()
-    assert status == 2
-    assert len(err.splitlines()) == 1 and words in err, err
+    cli_fails(["mem", "--out", str(out), *TINY, *argv], words)
     assert not out.exists()
 
 

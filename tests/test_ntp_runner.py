@@ -89,7 +89,7 @@ def test_npz_pair_like_mnist_to_usps(tmp_path):
     assert m["slc_auc"]["masked"] is None and isinstance(m["slc_auc"]["dense"], float)
 
 
-def test_bad_input_fails_with_one_line_and_leaves_nothing(tmp_path, capsys):
+def test_bad_input_fails_with_one_line_and_leaves_nothing(tmp_path, cli_fails):
     cases = [
         (["--source", "digits", "--target", "no-such-domain"], "no-such-domain"),
         (["--source", "digits", "--target", "digits"], "different domains"),
@@ -99,18 +99,14 @@ def test_bad_input_fails_with_one_line_and_leaves_nothing(tmp_path, capsys):
     ]
     for i, (argv, needle) in enumerate(cases):
         out = tmp_path / f"bad{i}"
-        status = main(["ntp", "--out", str(out), *TINY, *argv])
-        err = capsys.readouterr().err.strip()
-        assert status == 2 and needle in err and len(err.splitlines()) == 1, err
+        cli_fails(["ntp", "--out", str(out), *TINY, *argv], needle)
         assert not out.exists()
 
 
-def test_resuming_with_another_config_is_refused(tmp_path, capsys):
+def test_resuming_with_another_config_is_refused(tmp_path, cli_fails):
     out, _ = _run(tmp_path, "--method", "sparsity", "--attack", "masked")
-    status = main(["ntp", "--out", str(out), *TINY, "--method", "sparsity", "--attack", "masked",
-                   "--set", "ntp.alpha=0.5"])
-    err = capsys.readouterr().err.strip()
-    assert status == 2 and "ntp.alpha" in err and len(err.splitlines()) == 1
+    cli_fails(["ntp", "--out", str(out), *TINY, "--method", "sparsity", "--attack", "masked",
+               "--set", "ntp.alpha=0.5"], "ntp.alpha")
 
 
 def test_profiles_and_helpers():

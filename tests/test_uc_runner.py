@@ -52,11 +52,9 @@ def test_random_writes_results_and_resumes(tmp_path):
         assert again["metrics"][row]["test_acc"] == results["metrics"][row]["test_acc"]
 
 
-def test_resuming_with_another_config_is_refused(tmp_path, capsys):
+def test_resuming_with_another_config_is_refused(tmp_path, cli_fails):
     out, _ = _run(tmp_path, "--method", "random")
-    status = main(["uc", "--out", str(out), *TINY, "--method", "random", "--labels", "random-3"])
-    err = capsys.readouterr().err.strip()
-    assert status == 2 and "labels" in err and len(err.splitlines()) == 1
+    cli_fails(["uc", "--out", str(out), *TINY, "--method", "random", "--labels", "random-3"], "labels")
     assert (out / "results.json").is_file()  # the earlier run is left alone
 
 
@@ -109,12 +107,9 @@ def test_countermeasures_run(tmp_path, countermeasure):
     (["--method", "random", "--labels", "random-10"], "2 <= N < 10"),  # found after loading the data
     (["--method", "random", "--labels", "coarse", "--dataset", "digits"], "superclass"),
 ])
-def test_bad_input_exits_2_with_one_line_and_leaves_nothing(tmp_path, capsys, argv, words):
+def test_bad_input_exits_2_with_one_line_and_leaves_nothing(tmp_path, cli_fails, argv, words):
     out = tmp_path / "run"
-    status = main(["uc", "--out", str(out), *TINY, *argv])
-    err = capsys.readouterr().err.strip()
-    assert status == 2
-    assert len(err.splitlines()) == 1 and words in err, err
+    cli_fails(["uc", "--out", str(out), *TINY, *argv], words)
     assert not out.exists()
 
 
