@@ -5,7 +5,10 @@
 # against the hacker's random-resized-crop and trigger-stripping countermeasures. EM and MEM share
 # one schedule (rounds x surrogate steps x PGD steps). The clean hacker of the first run is
 # reused by the others (checkpoints/hacker_clean copied; same data and recipe); every run resumes.
-# Two lanes run side by side, one thread each.
+# Two lanes run side by side, one thread each. Lane c (after them): MEM-3 against JPEG (quality 10),
+# transfer to a tiny-vit hacker (noise and triggers made with tiny-rn) for MEM-3 and EM, and MEM-5.
+# Lane d: the hacker repeated with two more seeds (hacker_seed) on the MEM-3 and EM pairs. Lane e:
+# the random-noise and error-maximising (TAP) baselines on the same recipe.
 # Usage: CIFAR10_DIR=... [OUT_DIR=runs/mem_cifar10] [ROUNDS=8] [CLEAN_FROM=.../checkpoints/hacker_clean] bash benchmarks/mem_cifar10_evidence.sh
 cd "$(dirname "$0")/.." && set -u
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -42,8 +45,25 @@ lane_b() {
   while [ ! -f $R/mem3/results.json ]; do sleep 20; done
   copy_stage mem3 mem3-crop store; run mem3-crop $MEM_ARGS --set countermeasure=crop
 }
-case ${LANES:-ab} in
-  a) lane_a ;; b) lane_b ;;
-  *) lane_a & lane_b & wait ;;
+lane_c() {
+  copy_stage mem3 mem3-jpeg store; run mem3-jpeg $MEM_ARGS --set countermeasure=jpeg
+  copy_stage mem3 mem3-vit store; run mem3-vit $MEM_ARGS --hacker tiny-vit
+  copy_stage em em-vit store; copy_stage mem3-vit em-vit hacker_clean; run em-vit --method em $(sched em) --hacker tiny-vit
+  copy_stage mem3 mem5 hacker_clean; run mem5 ${MEM_ARGS/--trigger-tokens 3/--trigger-tokens 5}
+}
+lane_d() {
+  for h in 1 2; do for m in mem3 em; do
+    copy_stage $m $m-h$h store
+    if [ $m = mem3 ]; then run $m-h$h $MEM_ARGS --set hacker_seed=$h; else
+      copy_stage mem3-h$h em-h$h hacker_clean; run em-h$h --method em $(sched em) --set hacker_seed=$h; fi
+  done; done
+}
+lane_e() {
+  copy_stage mem3 random hacker_clean; run random --method random
+  copy_stage mem3 tap hacker_clean; run tap --method tap
+}
+case ${LANES:-abcde} in
+  a) lane_a ;; b) lane_b ;; c) lane_c ;; d) lane_d ;; e) lane_e ;;
+  *) (lane_a & lane_b & wait); (lane_c; lane_e) & lane_d & wait ;;
 esac
 echo "== done $(date +%T)"

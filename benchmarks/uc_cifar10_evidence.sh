@@ -5,7 +5,9 @@
 # trained once (checkpoints/target_clean copied); every run resumes. Two lanes run side by side.
 # Rows: UC under original labels and two random re-partitions (into 5 and 8 groups), class-wise EM
 # (made with the original labels) under original and random-5 labels, UC against grayscale,
-# random noise and TAP under the original labels.
+# random noise and TAP under the original labels. Lanes c and d (after a and b): the hacker repeated
+# with two more target seeds on the same UC noise (original labels: is its response bimodal?), and
+# UC against the JPEG (quality 10) and cutout countermeasures.
 # Usage: CIFAR10_DIR=... RESNET20=... [OUT_DIR=runs/uc_cifar10] [N_TRAIN=5000] [EPOCHS=15] [UC_EPOCHS=4]
 #        bash benchmarks/uc_cifar10_evidence.sh
 cd "$(dirname "$0")/.." && set -u
@@ -42,8 +44,14 @@ lane_b() {
   seed_from uc-original random-original target_clean; run random-original --method random --labels original
   seed_from uc-original tap-original target_clean; run tap-original --method tap --labels original
 }
-case ${LANES:-ab} in
-  a) lane_a ;; b) lane_b ;;
-  *) lane_a & lane_b & wait ;;
+lane_c() {
+  for t in 1 2; do seed_from uc-original uc-original-t$t store; run uc-original-t$t --method uc --labels original --set target_seed=$t; done
+}
+lane_d() {
+  for c in jpeg cutout; do seed_from uc-original uc-$c store; run uc-$c --method uc --labels original --countermeasure $c; done
+}
+case ${LANES:-abcd} in
+  a) lane_a ;; b) lane_b ;; c) lane_c ;; d) lane_d ;;
+  *) (lane_a; lane_c) & (lane_b; lane_d) & wait ;;
 esac
 echo "== done $(date +%T)"

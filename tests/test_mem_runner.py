@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from obstructlib.cli import main
 from obstructlib.config import apply_overrides
@@ -76,6 +77,19 @@ def test_classification_data_gets_templated_captions(tmp_path):
     _check(results, zero_shot=True)
     m = results["metrics"]
     assert m["num_train_pairs"] == m["num_train_images"] == 20 and m["chance"]["zero_shot_acc"] == 0.1
+
+
+def test_hacker_seed_repeats_the_hacker_on_the_same_protection(tmp_path):
+    from safetensors.torch import load_file
+
+    runs = {seed: _run(tmp_path, "--method", "random", *(["--set", f"hacker_seed={seed}"] if seed is not None else []),
+                       name=f"h{seed}")[0] for seed in (None, 0, 1)}
+    noise = {s: (out / "checkpoints" / "store" / "store.npy").read_bytes() for s, out in runs.items()}
+    assert noise[None] == noise[0] == noise[1]  # the subset and the protection follow --seed only
+    for tag in ("hacker_clean", "hacker_protected"):
+        w = {s: load_file(out / "checkpoints" / tag / "model.safetensors") for s, out in runs.items()}
+        assert all(torch.equal(w[None][k], w[0][k]) for k in w[None])  # hacker_seed=0 is the default hacker
+        assert not all(torch.equal(w[None][k], w[1][k]) for k in w[None])
 
 
 def test_resuming_with_another_config_is_refused(tmp_path, cli_fails):

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from obstructlib.cli import main
 from obstructlib.config import apply_overrides
@@ -50,6 +51,21 @@ def test_random_writes_results_and_resumes(tmp_path):
     assert again["metrics"]["store_resumed"]
     for row in ("clean", "protected"):  # the finished target trainings are loaded, not repeated
         assert again["metrics"][row]["test_acc"] == results["metrics"][row]["test_acc"]
+
+
+def test_target_seed_repeats_the_hacker_on_the_same_protection(tmp_path):
+    from safetensors.torch import load_file
+
+    a, _ = _run(tmp_path / "a", "--method", "random")
+    b, _ = _run(tmp_path / "b", "--method", "random", "--set", "target_seed=1")
+    c, _ = _run(tmp_path / "c", "--method", "random", "--set", "target_seed=0")
+    noise = lambda out: (out / "checkpoints" / "store" / "store.npy").read_bytes()  # noqa: E731
+    weights = lambda out, tag: load_file(out / "checkpoints" / tag / "model.safetensors")  # noqa: E731
+    assert noise(a) == noise(b) == noise(c)  # the subset and the protection follow --seed only
+    for tag in ("target_clean", "target_protected"):
+        wa, wb, wc = weights(a, tag), weights(b, tag), weights(c, tag)
+        assert all(torch.equal(wa[k], wc[k]) for k in wa)  # target_seed=0 is the default hacker
+        assert not all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_resuming_with_another_config_is_refused(tmp_path, cli_fails):

@@ -62,6 +62,9 @@ class MEMRunConfig:
         surrogate_pretrained: open_clip tag for the fine-tuning setting; None: from scratch.
         hacker: the hacker's CLIP architecture (transfer: e.g. RN50 noise, ViT-B-32 hacker).
         hacker_pretrained: open_clip tag the hacker fine-tunes from; None: from scratch.
+        hacker_seed: seed of the hacker's CLIPs (initial weights, data order), clean and protected
+            alike; None: the run's ``--seed``, which also draws the subset and the protection. Set it
+            to repeat the hacker on the same protected pairs.
         image_size: square side in pixels of the stored images (and of the noise).
         model_image_size: input side of both CLIPs (None: the architecture's own; the model resizes
             the [0, 1] images itself, so the noise stays in the stored images' pixels).
@@ -91,6 +94,7 @@ class MEMRunConfig:
     surrogate_pretrained: str | None = None
     hacker: str = "tiny-rn"
     hacker_pretrained: str | None = None
+    hacker_seed: int | None = None
     image_size: int = 32
     model_image_size: int | None = None
     context_length: int | None = None
@@ -250,7 +254,9 @@ def _image_defence(cfg: MEMRunConfig) -> Any:
 
 def _train_hacker(cfg: MEMRunConfig, ctx: RunContext, train: Any, result: MEMResult | None,
                   protected: np.ndarray, tag: str) -> tuple[Any, dict[str, list[float]]]:
-    torch.manual_seed(ctx.seed)  # clean and protected hackers start from the same weights
+    seed = ctx.seed if cfg.hacker_seed is None else cfg.hacker_seed
+    recipe = cfg.train if cfg.hacker_seed is None else dataclasses.replace(cfg.train, seed=cfg.hacker_seed)
+    torch.manual_seed(seed)  # clean and protected hackers start from the same weights
     model = _clip(cfg, cfg.hacker, cfg.hacker_pretrained, ctx)
     if result is not None and result.triggers.numel() and int(result.triggers.max()) >= model.vocab_size:
         raise ConfigError(f"the triggers are ids of a {int(result.triggers.max()) + 1}+ token vocabulary, the hacker "
@@ -260,7 +266,7 @@ def _train_hacker(cfg: MEMRunConfig, ctx: RunContext, train: Any, result: MEMRes
                           None if result is None else result.store, None if result is None else result.triggers,
                           None if result is None else result.trigger_rows, protected, quantize=True,
                           transform=_image_defence(cfg), strip_first=strip)
-    history = fit_clip(model, data, cfg.train, ctx.device, ckpt_dir=ctx.stage_dir(tag), progress=ctx.progress,
+    history = fit_clip(model, data, recipe, ctx.device, ckpt_dir=ctx.stage_dir(tag), progress=ctx.progress,
                        collate=pair_collate)
     return model, history
 

@@ -68,6 +68,9 @@ class UCRunConfig:
         target_model: the hacker's classifier, trained from scratch (:func:`~obstructlib.models.create_model`).
         labels: the hacker's label protocol: ``original``, ``coarse`` or ``random-N``.
         label_seed: seed of the ``random-N`` grouping.
+        target_seed: seed of the hacker's models (initial weights, data order) for the clean and the
+            protected target alike; None: the run's ``--seed``, which also draws the subset and the
+            protection. Set it to repeat the hacker on the same protected data.
         countermeasure: ``none``, ``jpeg``, ``grayscale``, ``cutout``, ``mixup`` or ``adv``; applied
             to the clean row as well, so ``acc_drop`` measures the protection, not the defence.
         image_size: square side in pixels.
@@ -99,6 +102,7 @@ class UCRunConfig:
     target_model: str = "resnet20"
     labels: str = "original"
     label_seed: int = 0
+    target_seed: int | None = None
     countermeasure: str = "none"
     image_size: int = 32
     max_train_samples: int | None = 2000
@@ -336,13 +340,16 @@ def _train_target(cfg: UCRunConfig, ctx: RunContext, train: Dataset, test: Datas
                   store: PerturbationStore | None, tag: str) -> dict[str, list[float]]:
     transform = image_countermeasure(cfg.countermeasure, jpeg_quality=cfg.jpeg_quality, cutout_size=cfg.cutout_size)
     data = ProtectedDataset(train, store, transform, augment=cfg.augment)
-    torch.manual_seed(ctx.seed)  # clean and protected targets start from the same weights
+    train_cfg = cfg.train
+    if cfg.target_seed is not None:
+        train_cfg = dataclasses.replace(cfg.train, seed=cfg.target_seed)
+    torch.manual_seed(ctx.seed if cfg.target_seed is None else cfg.target_seed)  # clean and protected start alike
     model = create_model(cfg.target_model, num_classes=len(train.classes))  # type: ignore[attr-defined]
     ckpt = ctx.stage_dir(tag)
     if cfg.countermeasure in ("mixup", "adv"):
-        return fit_defended(model, data, test, cfg.train, ctx.device, countermeasure=cfg.countermeasure,
+        return fit_defended(model, data, test, train_cfg, ctx.device, countermeasure=cfg.countermeasure,
                             mixup_alpha=cfg.mixup_alpha, adv=cfg.adv, ckpt_dir=ckpt, progress=ctx.progress)
-    return fit_classifier(model, data, test, cfg.train, ctx.device, ckpt_dir=ckpt, progress=ctx.progress)
+    return fit_classifier(model, data, test, train_cfg, ctx.device, ckpt_dir=ckpt, progress=ctx.progress)
 
 
 def run(cfg: UCRunConfig, ctx: RunContext) -> dict[str, Any]:

@@ -4,6 +4,8 @@
   zero-shot accuracy, attack success rate, KL divergence between two models' predictions.
 - :mod:`~obstructlib.metrics.retrieval`: image-text Recall@K and median rank, and their analytic
   chance levels.
+- :mod:`~obstructlib.metrics.noise`: how class-wise a protective noise is (between-class energy,
+  nearest-centroid accuracy of the noise alone).
 - :mod:`~obstructlib.metrics.transfer`: the area under a sample-wise learning curve and NTP's
   SLC-AUC (arXiv 2410.08015).
 """
@@ -17,6 +19,7 @@ from obstructlib.metrics.classification import (
     topk_accuracy,
     zero_shot_accuracy,
 )
+from obstructlib.metrics.noise import noise_class_structure
 from obstructlib.metrics.retrieval import chance_retrieval, median_rank, retrieval_metrics, retrieval_ranks
 from obstructlib.metrics.transfer import log_area, slc_auc
 
@@ -27,6 +30,7 @@ __all__ = [
     "kl_divergence",
     "log_area",
     "median_rank",
+    "noise_class_structure",
     "per_class_accuracy",
     "retrieval_metrics",
     "retrieval_ranks",
