@@ -7,7 +7,9 @@
 # (made with the original labels) under original and random-5 labels, UC against grayscale,
 # random noise and TAP under the original labels. Lanes c and d (after a and b): the hacker repeated
 # with two more target seeds on the same UC noise (original labels: is its response bimodal?), and
-# UC against the JPEG (quality 10) and cutout countermeasures.
+# UC against the JPEG (quality 10) and cutout countermeasures. Lane e: the same two countermeasures
+# against the hacker of target seed 1 (the one that takes UC's shortcut without a defence). Lane f:
+# another target architecture (VGG-11) on the same UC noise.
 # Usage: CIFAR10_DIR=... RESNET20=... [OUT_DIR=runs/uc_cifar10] [N_TRAIN=5000] [EPOCHS=15] [UC_EPOCHS=4]
 #        bash benchmarks/uc_cifar10_evidence.sh
 cd "$(dirname "$0")/.." && set -u
@@ -50,8 +52,14 @@ lane_c() {
 lane_d() {
   for c in jpeg cutout; do seed_from uc-original uc-$c store; run uc-$c --method uc --labels original --countermeasure $c; done
 }
-case ${LANES:-abcd} in
-  a) lane_a ;; b) lane_b ;; c) lane_c ;; d) lane_d ;;
-  *) (lane_a; lane_c) & (lane_b; lane_d) & wait ;;
+lane_e() {
+  for c in jpeg cutout; do seed_from uc-original uc-$c-t1 store; run uc-$c-t1 --method uc --labels original --countermeasure $c --set target_seed=1; done
+}
+lane_f() {
+  seed_from uc-original uc-vgg11 store; run uc-vgg11 --method uc --labels original --target-model vgg11
+}
+case ${LANES:-abcdef} in
+  a) lane_a ;; b) lane_b ;; c) lane_c ;; d) lane_d ;; e) lane_e ;; f) lane_f ;;
+  *) (lane_a; lane_c; lane_e) & (lane_b; lane_d; lane_f) & wait ;;
 esac
 echo "== done $(date +%T)"
