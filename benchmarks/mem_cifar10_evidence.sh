@@ -7,8 +7,8 @@
 # reused by the others (checkpoints/hacker_clean copied; same data and recipe); every run resumes.
 # Two lanes run side by side, one thread each. Lane c (after them): MEM-3 against JPEG (quality 10),
 # transfer to a tiny-vit hacker (noise and triggers made with tiny-rn) for MEM-3 and EM, and MEM-5.
-# Lane d: the hacker repeated with two more seeds (hacker_seed) on the MEM-3 and EM pairs. Lane e:
-# the random-noise and error-maximising (TAP) baselines on the same recipe.
+# Lane d: the hacker repeated with two more seeds (hacker_seed) on the MEM-3, EM and MEM-5 pairs. Lane e:
+# the random-noise and error-maximising (TAP) baselines on the same recipe (TAP also for hacker seed 1).
 # Usage: CIFAR10_DIR=... [OUT_DIR=runs/mem_cifar10] [ROUNDS=8] [CLEAN_FROM=.../checkpoints/hacker_clean] bash benchmarks/mem_cifar10_evidence.sh
 cd "$(dirname "$0")/.." && set -u
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -52,15 +52,19 @@ lane_c() {
   copy_stage mem3 mem5 hacker_clean; run mem5 ${MEM_ARGS/--trigger-tokens 3/--trigger-tokens 5}
 }
 lane_d() {
-  for h in 1 2; do for m in mem3 em; do
+  for h in 1 2; do for m in mem3 em mem5; do
     copy_stage $m $m-h$h store
-    if [ $m = mem3 ]; then run $m-h$h $MEM_ARGS --set hacker_seed=$h; else
-      copy_stage mem3-h$h em-h$h hacker_clean; run em-h$h --method em $(sched em) --set hacker_seed=$h; fi
+    case $m in
+      mem3) run $m-h$h $MEM_ARGS --set hacker_seed=$h ;;
+      em) copy_stage mem3-h$h em-h$h hacker_clean; run em-h$h --method em $(sched em) --set hacker_seed=$h ;;
+      mem5) copy_stage mem3-h$h mem5-h$h hacker_clean; run mem5-h$h ${MEM_ARGS/--trigger-tokens 3/--trigger-tokens 5} --set hacker_seed=$h ;;
+    esac
   done; done
 }
 lane_e() {
   copy_stage mem3 random hacker_clean; run random --method random
   copy_stage mem3 tap hacker_clean; run tap --method tap
+  copy_stage tap tap-h1 store; copy_stage mem3-h1 tap-h1 hacker_clean; run tap-h1 --method tap --set hacker_seed=1
 }
 case ${LANES:-abcde} in
   a) lane_a ;; b) lane_b ;; c) lane_c ;; d) lane_d ;; e) lane_e ;;

@@ -59,8 +59,13 @@ def test_target_seed_repeats_the_hacker_on_the_same_protection(tmp_path):
     a, _ = _run(tmp_path / "a", "--method", "random")
     b, _ = _run(tmp_path / "b", "--method", "random", "--set", "target_seed=1")
     c, _ = _run(tmp_path / "c", "--method", "random", "--set", "target_seed=0")
-    noise = lambda out: (out / "checkpoints" / "store" / "store.npy").read_bytes()  # noqa: E731
-    weights = lambda out, tag: load_file(out / "checkpoints" / tag / "model.safetensors")  # noqa: E731
+
+    def noise(out):
+        return (out / "checkpoints" / "store" / "store.npy").read_bytes()
+
+    def weights(out, tag):
+        return load_file(out / "checkpoints" / tag / "model.safetensors")
+
     assert noise(a) == noise(b) == noise(c)  # the subset and the protection follow --seed only
     for tag in ("target_clean", "target_protected"):
         wa, wb, wc = weights(a, tag), weights(b, tag), weights(c, tag)
