@@ -38,4 +38,3 @@ def cli_fails(capsys):
         return err
 
     return run
-

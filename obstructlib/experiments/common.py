@@ -8,6 +8,7 @@ the resolved profile, device, seed, data root and output folder; it times stages
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -161,6 +162,21 @@ def remove_if_created(out_dir: Path, existed_before: bool) -> None:
 
 # Config fields that change how a run executes but not its result.
 _NO_MEANING = ("num_workers", "cache_max_bytes", "eval_batch_size", "ckpt_every_epochs", "ckpt_every_batches")
+
+
+def seed_hacker(recipe: Any, run_seed: int, hacker_seed: int | None) -> Any:
+    """Seed the hacker's model init and return its training recipe.
+
+    ``hacker_seed`` (a runner's ``target_seed`` / ``hacker_seed``) repeats the hacker on the same
+    protected data: it seeds the initial weights (``torch.manual_seed``) and the recipe's data order.
+    None keeps the run's ``--seed`` for the weights and the recipe as given. Call it right before
+    building each model, so the clean and the protected model start from the same weights.
+    """
+    if hacker_seed is None:
+        torch.manual_seed(run_seed)
+        return recipe
+    torch.manual_seed(hacker_seed)
+    return dataclasses.replace(recipe, seed=hacker_seed)
 
 
 def run_fingerprint(cfg: Any, seed: int) -> dict[str, Any]:

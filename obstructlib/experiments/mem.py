@@ -34,7 +34,7 @@ from obstructlib.engine import ClipTrainConfig, barrier, evaluate_clip, fit_clip
 from obstructlib.errors import ConfigError, check_range
 from obstructlib.experiments import Flag, RunContext, Runner, register_runner
 from obstructlib.experiments.clip_baseline import load_pairs
-from obstructlib.experiments.common import check_run_folder
+from obstructlib.experiments.common import check_run_folder, seed_hacker
 from obstructlib.methods.countermeasures import jpeg
 from obstructlib.methods.mem import MEMConfig, MEMResult, clip_error_max_noise, mem_protect
 from obstructlib.methods.mem_steps import ProtectedPairs, pair_collate, tokenize_captions
@@ -254,9 +254,7 @@ def _image_defence(cfg: MEMRunConfig) -> Any:
 
 def _train_hacker(cfg: MEMRunConfig, ctx: RunContext, train: Any, result: MEMResult | None,
                   protected: np.ndarray, tag: str) -> tuple[Any, dict[str, list[float]]]:
-    seed = ctx.seed if cfg.hacker_seed is None else cfg.hacker_seed
-    recipe = cfg.train if cfg.hacker_seed is None else dataclasses.replace(cfg.train, seed=cfg.hacker_seed)
-    torch.manual_seed(seed)  # clean and protected hackers start from the same weights
+    recipe = seed_hacker(cfg.train, ctx.seed, cfg.hacker_seed)  # clean and protected start alike
     model = _clip(cfg, cfg.hacker, cfg.hacker_pretrained, ctx)
     if result is not None and result.triggers.numel() and int(result.triggers.max()) >= model.vocab_size:
         raise ConfigError(f"the triggers are ids of a {int(result.triggers.max()) + 1}+ token vocabulary, the hacker "

@@ -37,7 +37,7 @@ from obstructlib.data.labels import parse_protocol, relabel_dataset
 from obstructlib.engine import ClassifierTrainConfig, fit_classifier
 from obstructlib.errors import ConfigError, check_range
 from obstructlib.experiments import Flag, RunContext, Runner, register_runner
-from obstructlib.experiments.common import check_run_folder
+from obstructlib.experiments.common import check_run_folder, seed_hacker
 from obstructlib.methods.countermeasures import (
     COUNTERMEASURES,
     AdvTrainConfig,
@@ -340,10 +340,7 @@ def _train_target(cfg: UCRunConfig, ctx: RunContext, train: Dataset, test: Datas
                   store: PerturbationStore | None, tag: str) -> dict[str, list[float]]:
     transform = image_countermeasure(cfg.countermeasure, jpeg_quality=cfg.jpeg_quality, cutout_size=cfg.cutout_size)
     data = ProtectedDataset(train, store, transform, augment=cfg.augment)
-    train_cfg = cfg.train
-    if cfg.target_seed is not None:
-        train_cfg = dataclasses.replace(cfg.train, seed=cfg.target_seed)
-    torch.manual_seed(ctx.seed if cfg.target_seed is None else cfg.target_seed)  # clean and protected start alike
+    train_cfg = seed_hacker(cfg.train, ctx.seed, cfg.target_seed)  # clean and protected start alike
     model = create_model(cfg.target_model, num_classes=len(train.classes))  # type: ignore[attr-defined]
     ckpt = ctx.stage_dir(tag)
     if cfg.countermeasure in ("mixup", "adv"):

@@ -49,12 +49,11 @@ def noise_class_structure(noise: Any, labels: Any, seed: int = 0) -> dict[str, f
     counts = np.bincount(y)
     if len(classes) < 2 or counts.min() < 2:
         raise ConfigError("noise_class_structure needs at least two classes with at least two samples each")
-    yt = torch.from_numpy(y)
+    n = torch.from_numpy(counts).to(x.dtype)
     centred = x - x.mean(0)
-    means = torch.zeros(len(classes), x.shape[1], dtype=x.dtype).index_add_(0, yt, centred)
-    means /= torch.from_numpy(counts).to(x.dtype)[:, None]
+    means = torch.zeros(len(classes), x.shape[1], dtype=x.dtype).index_add_(0, torch.from_numpy(y), centred) / n[:, None]
     total = float(centred.pow(2).sum())
-    between = float((torch.from_numpy(counts).to(x.dtype) * means.pow(2).sum(1)).sum())
+    between = float((n * means.pow(2).sum(1)).sum())
 
     rng = np.random.default_rng(seed)
     fold = np.zeros(len(y), np.int64)
