@@ -8,13 +8,18 @@ Five papers, one small package (see ``notebooks/`` for the course):
 - Non-Transferable Pruning (arXiv 2410.08015) and Learning to Obstruct: make a released model a
   poor start on a forbidden domain or restricted classes.
 
-Layers (imports only point down): ``experiments`` -> ``methods`` -> ``engine``, ``metrics`` ->
-``models``, ``data``. The names below are the public surface; heavy submodules load on first use.
+Layers (imports only point down): ``experiments`` -> ``methods.<paper>`` -> ``primitives`` ->
+``engine``, ``metrics`` -> ``models``, ``data``. The public surface: one namespace per paper
+(``ob.uc``, ``ob.mem``, ``ob.ntp``, each with ``Config``, ``Result``, its verb and ``evaluate``),
+one per layer (``ob.data``, ``ob.models``, ``ob.engine``, ``ob.metrics``), ``ob.run(name, ...)``
+for a runner in process, and the common names below; everything loads on first use.
 
 Example:
     >>> import obstructlib as ob
     >>> train = ob.load_dataset("digits", split="train")
     >>> model = ob.create_model("digits_cnn", num_classes=10)
+    >>> ob.uc.Config().num_clusters
+    10
 """
 
 from __future__ import annotations
@@ -48,22 +53,30 @@ _LAZY = {
     "retrieval_metrics": "obstructlib.metrics", "chance_retrieval": "obstructlib.metrics",
     "attack_success_rate": "obstructlib.metrics", "kl_divergence": "obstructlib.metrics",
     "slc_auc": "obstructlib.metrics",
-    # methods: non-transferable pruning (NTP)
-    "NTPConfig": "obstructlib.methods", "ntp_prune": "obstructlib.methods",
-    "train_target_head": "obstructlib.methods", "load_released": "obstructlib.methods",
     # config
     "apply_overrides": "obstructlib.config", "config_to_dict": "obstructlib.config",
-    # methods: multimodal unlearnable examples (MEM)
-    "MEMConfig": "obstructlib.methods", "mem_protect": "obstructlib.methods",
+    # runners in process
+    "run": "obstructlib.experiments", "config_for": "obstructlib.experiments",
+}
+
+# namespaces: one per paper (``ob.uc.protect``) and one per layer (``ob.data.load_dataset``)
+_NAMESPACES = {
+    "uc": "obstructlib.methods.uc", "mem": "obstructlib.methods.mem", "ntp": "obstructlib.methods.ntp",
+    "data": "obstructlib.data", "models": "obstructlib.models", "engine": "obstructlib.engine",
+    "metrics": "obstructlib.metrics", "primitives": "obstructlib.primitives", "plotting": "obstructlib.plotting",
 }
 
 __all__ = [  # noqa: PLE0604 - the lazy names are strings too
     "ObstructError", "ConfigError", "DatasetNotFoundError", "Profile", "PROFILES", "resolve_profile",
-    "__version__", *_LAZY,
+    "__version__", *_LAZY, *_NAMESPACES,
 ]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _NAMESPACES:
+        module = importlib.import_module(_NAMESPACES[name])
+        globals()[name] = module
+        return module
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value

@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override any config field (dotted keys for nested fields); repeatable")
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+        p.add_argument("--restart", action="store_true",
+                       help="start over when --out holds checkpoints of another config (default: refuse)")
         for flag in runner.flags:
             p.add_argument(flag.flag, dest=f"flag_{flag.field}", default=None, choices=flag.choices,
                            help=flag.help)
@@ -95,44 +97,26 @@ def _print_info(report: dict[str, Any]) -> None:
 
 def run_command(args: argparse.Namespace) -> Path:
     """Resolve config, run the runner, write ``results.json``; returns its path."""
-    from obstructlib.config import apply_overrides, set_field
-    from obstructlib.data import default_data_root
-    from obstructlib.engine import cleanup, init_distributed, resolve_device, seed_everything
-    from obstructlib.experiments import RUNNERS, RunContext
-    from obstructlib.experiments.common import remove_if_created
-    from obstructlib.profiles import resolve_profile
+    from obstructlib.experiments.common import execute
 
-    runner = RUNNERS[args.command]
-    profile = resolve_profile(args.profile)
-    # Under torchrun every process runs this function; only rank 0 writes results.json.
-    dist_info = init_distributed()
-    device = resolve_device(args.device)
-    cfg = runner.config_for(profile)
-    for flag in runner.flags:
-        value = getattr(args, f"flag_{flag.field}")
-        if value is not None:
-            cfg = set_field(cfg, flag.field, value)
-    cfg = apply_overrides(cfg, args.overrides)  # validates the config
+    flags = {k.removeprefix("flag_"): v for k, v in vars(args).items() if k.startswith("flag_") and v is not None}
+    execute(args.command, profile=args.profile, overrides=args.overrides, seed=args.seed, device=args.device,
+            data_root=args.data_root, out=args.out, progress=not args.no_progress, restart=args.restart,
+            argv=["obstruct", *args.argv], flags=flags)
+    return (Path(args.out) if args.out is not None else Path("runs") / args.command) / "results.json"
 
-    out_dir = Path(args.out) if args.out else Path("runs") / args.command
-    existed = out_dir.exists()
-    ctx = RunContext(command=args.command, profile=profile, device=device, seed=args.seed,
-                     data_root=Path(args.data_root) if args.data_root else default_data_root(),
-                     out_dir=out_dir, progress=not args.no_progress, argv=["obstruct", *args.argv])
-    seed_everything(args.seed)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        metrics = runner.run(cfg, ctx)
-    except ObstructError:
-        # Bad input found while loading data: leave no half-written folder behind.
-        if dist_info.is_main:
-            remove_if_created(out_dir, existed)
-        raise
-    path = out_dir / "results.json"
-    if dist_info.is_main:
-        ctx.write_results(cfg, metrics)
-    cleanup()
-    return path
+
+def _print_registered(command: str, field: str) -> bool:
+    """``obstruct uc --method help``: print what the runner's registry for ``field`` holds."""
+    from obstructlib.experiments import RUNNERS
+
+    registry = RUNNERS[command].registries.get(field)
+    if registry is None:
+        return False
+    print(f"obstruct {command}: registered values of {field}")
+    for name, doc in registry.describe().items():
+        print(f"  {name:<16} {doc}")
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -149,6 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(json.dumps(report, indent=2))
             else:
                 _print_info(report)
+            return 0
+        helps = [f for f, v in vars(args).items() if f.startswith("flag_") and v == "help"]
+        if helps and _print_registered(args.command, helps[0].removeprefix("flag_")):
             return 0
         path = run_command(args)
         print(f"results: {path}")

@@ -4,11 +4,21 @@ Every method and runner has a ``@dataclass`` config with documented defaults. Ov
 dotted keys for nested dataclasses (``--set train.lr=1e-3``) and are parsed by the field's type:
 ints, floats (fractions such as ``8/255`` allowed), bools, strings, ``None``, and comma-separated
 tuples or lists.
+
+A config never changes itself: ``validate()`` only checks, so ``results.json`` records exactly
+what ran. Where one value feeds several sub-configs (a runner's one budget ``eps`` for UC, EM and
+TAP), the class declares ``LINKED = {"eps": ("uc.eps", "em.eps", "tap.eps")}``: ``--set eps=8/255``
+writes the field and every linked key at once, and ``validate()`` refuses a later
+``--set uc.eps=...`` that disagrees (:func:`check_linked`) instead of overwriting it. A renamed key
+keeps working through ``ALIASES = {"old": ("new.key",)}``. Overrides work on a deep copy; the
+config passed in is never changed.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Sequence
@@ -39,9 +49,12 @@ def _parse_scalar(key: str, text: str, typ: Any) -> Any:
             raise ConfigError(f"--set {key}={text}: expected an integer") from None
     if typ is float:
         try:
-            return float(Fraction(text.strip())) if "/" in text else float(text)
+            value = float(Fraction(text.strip())) if "/" in text else float(text)
         except (ValueError, ZeroDivisionError):
             raise ConfigError(f"--set {key}={text}: expected a number such as 0.5 or 8/255") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"--set {key}={text}: expected a finite number")
+        return value
     if typ is str or typ is Any:
         return text
     raise ConfigError(f"--set {key}: fields of type {typ} cannot be set from the command line")
@@ -83,6 +96,11 @@ def set_field(cfg: T, key: str, text: str) -> T:
     """Return a copy of dataclass ``cfg`` with dotted ``key`` set from ``text``."""
     head, _, rest = key.partition(".")
     fields = _fields(cfg)
+    aliases = getattr(type(cfg), "ALIASES", {})
+    if key in aliases and head not in fields:  # one key feeding several fields, or a renamed key
+        for target in aliases[key]:
+            cfg = set_field(cfg, target, text)
+        return cfg
     if head not in fields:
         raise ConfigError(f"--set {key}: unknown key; valid keys: {', '.join(sorted(fields))}")
     hints = typing.get_type_hints(type(cfg))
@@ -94,7 +112,55 @@ def set_field(cfg: T, key: str, text: str) -> T:
     if dataclasses.is_dataclass(current):
         raise ConfigError(f"--set {key}: {head!r} is a group; set one of its keys ({head}.NAME=VALUE)")
     new = dataclasses.replace(cfg, **{head: parse_value(key, text, hints[head])})
+    for linked in getattr(type(cfg), "LINKED", {}).get(head, ()):
+        new = set_field(new, linked, text)  # one value feeding several sub-configs: written everywhere
     return new
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def check_linked(cfg: Any) -> None:
+    """Raise a one-line :class:`ConfigError` when a linked sub-config key disagrees with its source.
+
+    Example:
+        >>> from dataclasses import dataclass, field
+        >>> @dataclass
+        ... class Sub:
+        ...     eps: float = 0.1
+        >>> @dataclass
+        ... class Run:
+        ...     LINKED = {"eps": ("sub.eps",)}
+        ...     eps: float = 0.1
+        ...     sub: Sub = field(default_factory=Sub)
+        >>> check_linked(apply_overrides(Run(), ["eps=0.2"]))
+        >>> check_linked(apply_overrides(Run(), ["sub.eps=0.3"]))
+        Traceback (most recent call last):
+        ...
+        obstructlib.errors.ConfigError: sub.eps=0.3 differs from eps=0.1: they are one value here; set eps (it writes sub.eps too)
+    """
+    for source, targets in getattr(type(cfg), "LINKED", {}).items():
+        value = _get(cfg, source)
+        for target in targets:
+            other = _get(cfg, target)
+            if other != value:
+                raise ConfigError(f"{target}={other} differs from {source}={value}: they are one value here; "
+                                  f"set {source} (it writes {', '.join(targets)} too)")
+
+
+def link(cfg: T) -> T:
+    """A copy of ``cfg`` whose linked sub-config keys hold their source's value (for building defaults)."""
+    cfg = copy.deepcopy(cfg)
+    for source, targets in getattr(type(cfg), "LINKED", {}).items():
+        value = _get(cfg, source)
+        for target in targets:
+            *path, last = target.split(".")
+            owner = _get(cfg, ".".join(path)) if path else cfg
+            setattr(owner, last, value)
+    return cfg
 
 
 def apply_overrides(cfg: T, overrides: Sequence[str] | None) -> T:
@@ -115,6 +181,7 @@ def apply_overrides(cfg: T, overrides: Sequence[str] | None) -> T:
         >>> apply_overrides(C(), ["eps=8/255"]).eps
         0.03137254901960784
     """
+    cfg = copy.deepcopy(cfg)  # sub-configs of the caller's config are never shared or changed
     for item in overrides or ():
         key, sep, value = item.partition("=")
         if not sep or not key.strip():

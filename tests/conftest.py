@@ -5,6 +5,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("OBSTRUCT_PROFILE", "quick")
+# CPU only, as open_clip's tests do: a GPU on the test machine changes neither defaults nor results.
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 import pytest
 import torch

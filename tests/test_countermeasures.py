@@ -7,7 +7,8 @@ import torch
 from obstructlib.data import ArrayImageDataset
 from obstructlib.engine import ClassifierTrainConfig
 from obstructlib.errors import ConfigError
-from obstructlib.methods.countermeasures import (
+from obstructlib.models import create_model
+from obstructlib.primitives.countermeasures import (
     AdvTrainConfig,
     cutout,
     cutout_mask,
@@ -18,7 +19,6 @@ from obstructlib.methods.countermeasures import (
     mixup_loss,
     pgd_attack,
 )
-from obstructlib.models import create_model
 
 
 def _smooth(b=2, c=3, s=16):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from obstructlib.errors import ConfigError
-from obstructlib.methods.kmeans import kmeans, sq_distances
+from obstructlib.primitives.kmeans import kmeans, sq_distances
 
 MEANS = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
 

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-import obstructlib.methods.perturb as perturb_module
-from obstructlib.data import CaptionDataset
+import obstructlib as ob
+import obstructlib.primitives.perturb as perturb_module
+from obstructlib.data import CaptionDataset, ProtectedPairs, tokenize_captions
 from obstructlib.engine import ClipTrainConfig
 from obstructlib.errors import ConfigError
-from obstructlib.methods.mem import MEMConfig, clip_error_max_noise, mem_protect
-from obstructlib.methods.mem_steps import PairState, ProtectedPairs, tokenize_captions
-from obstructlib.methods.poisons import ErrorMaxConfig
+from obstructlib.methods.mem import MEMConfig, PairState, clip_error_max_noise
 from obstructlib.metrics import retrieval_metrics
 from obstructlib.models import create_clip
+from obstructlib.primitives.poisons import ErrorMaxConfig
 
 EPS = 8 / 255
 WORDS = ["red", "blue", "green", "small", "large", "round", "square", "dark"]
@@ -54,7 +54,7 @@ def test_noise_stays_in_the_ball_and_in_image_range_after_every_step(monkeypatch
 
     monkeypatch.setattr(perturb_module, "pgd_step", checking)
     data = pairs()
-    res = mem_protect(clip(), data, tiny_cfg(), "cpu", progress=False)
+    res = ob.mem.protect(data, tiny_cfg(), surrogate=clip(), device="cpu", progress=False)
     assert len(checked) == 2 * 3 * 2 and all(checked)  # rounds x batches x steps, all DESCENT
     assert int(np.abs(res.store.data).max()) <= 8 and np.abs(res.store.data).max() > 0
     published = ProtectedPairs(data, tokenize_captions(clip(), data.captions), 49407, res.store, quantize=True)
@@ -65,12 +65,12 @@ def test_noise_stays_in_the_ball_and_in_image_range_after_every_step(monkeypatch
 
 def test_noise_and_triggers_are_per_pair_not_per_image():
     data = pairs(num_images=4, per_image=2)
-    res = mem_protect(clip(), data, tiny_cfg(rounds=1), "cpu", progress=False)
+    res = ob.mem.protect(data, tiny_cfg(rounds=1), surrogate=clip(), device="cpu", progress=False)
     assert res.store.num == len(data) == 8 and res.store.mode == "sample"
     assert res.triggers.shape == (8, 3) and res.trigger_rows.tolist() == list(range(8))
     # the two captions of one image got two different noises (same picture, different rows)
     assert all(not np.array_equal(res.store.data[2 * i], res.store.data[2 * i + 1]) for i in range(4))
-    grouped = mem_protect(clip(), data, tiny_cfg(rounds=1, num_groups=3), "cpu", progress=False)
+    grouped = ob.mem.protect(data, tiny_cfg(rounds=1, num_groups=3), surrogate=clip(), device="cpu", progress=False)
     assert grouped.store.num == 3 and grouped.store.mode == "cluster" and grouped.triggers.shape == (3, 3)
     assert grouped.bytes_per_pair < res.bytes_per_pair
 
@@ -107,7 +107,7 @@ def test_trigger_stays_with_its_image_when_captions_are_shuffled():
 def test_triggers_are_never_special_and_hotflip_only_lowers_the_loss():
     data = pairs()
     model = clip()
-    res = mem_protect(model, data, tiny_cfg(rounds=2, text_rounds=2), "cpu", progress=False)
+    res = ob.mem.protect(data, tiny_cfg(rounds=2, text_rounds=2), surrogate=model, device="cpu", progress=False)
     assert not torch.isin(res.triggers, torch.tensor(model.special_token_ids)).any()
     for record in res.history:
         assert record["text_loss_after"] <= record["text_loss_before"] + 1e-6
@@ -115,8 +115,8 @@ def test_triggers_are_never_special_and_hotflip_only_lowers_the_loss():
 
 def test_em_variant_has_no_trigger_and_noshuffle_keeps_captions():
     data = pairs()
-    em = mem_protect(clip(), data, dataclasses.replace(MEMConfig.em(), rounds=1, train_steps=1, pgd_steps=1,
-                                                       batch_size=4), "cpu", progress=False)
+    em = ob.mem.protect(data, dataclasses.replace(MEMConfig.em(), rounds=1, train_steps=1, pgd_steps=1,
+                                                       batch_size=4), surrogate=clip(), device="cpu", progress=False)
     assert em.triggers.shape == (12, 0) and "text_loss_before" not in em.history[0]
     assert em.bytes_per_pair == pytest.approx(3 * 16 * 16)
 
@@ -131,13 +131,13 @@ def test_error_max_noise_ascends():
 
 def test_resume_after_a_stopped_round_matches_an_uninterrupted_run(tmp_path):
     data = pairs()
-    full = mem_protect(clip(), data, tiny_cfg(), "cpu", progress=False)
-    mem_protect(clip(), data, tiny_cfg(), "cpu", progress=False, ckpt_dir=tmp_path, callback=lambda r, rec: True)
-    resumed = mem_protect(clip(), data, tiny_cfg(), "cpu", progress=False, ckpt_dir=tmp_path)
+    full = ob.mem.protect(data, tiny_cfg(), surrogate=clip(), device="cpu", progress=False)
+    ob.mem.protect(data, tiny_cfg(), surrogate=clip(), device="cpu", progress=False, ckpt_dir=tmp_path, callback=lambda r, rec: True)
+    resumed = ob.mem.protect(data, tiny_cfg(), surrogate=clip(), device="cpu", progress=False, ckpt_dir=tmp_path)
     assert len(resumed.history) == 2
     assert np.array_equal(resumed.store.data, full.store.data) and torch.equal(resumed.triggers, full.triggers)
-    with pytest.raises(ConfigError, match="another config"):
-        mem_protect(clip(), data, tiny_cfg(pgd_steps=3), "cpu", progress=False, ckpt_dir=tmp_path)
+    with pytest.raises(ConfigError, match="holds a run with"):
+        ob.mem.protect(data, tiny_cfg(pgd_steps=3), surrogate=clip(), device="cpu", progress=False, ckpt_dir=tmp_path)
 
 
 @pytest.mark.parametrize("bad, words", [
@@ -154,7 +154,7 @@ def test_mem_needs_caption_pairs():
     from obstructlib.data import ArrayImageDataset
 
     with pytest.raises(ConfigError, match="caption dataset"):
-        mem_protect(clip(), ArrayImageDataset(np.zeros((4, 8, 8, 3), np.uint8), [0, 1, 0, 1]), tiny_cfg(), "cpu")
+        ob.mem.protect(ArrayImageDataset(np.zeros((4, 8, 8, 3), np.uint8), [0, 1, 0, 1]), tiny_cfg(), surrogate=clip(), device="cpu")
 
 
 def test_recall_at_k_with_five_captions_per_image_by_hand():
@@ -181,9 +181,9 @@ import numpy as np, torch
 torch.set_num_threads(1)
 sys.path.insert(0, sys.argv[2])
 from test_mem_method import clip, pairs, tiny_cfg
-import obstructlib.methods.perturb as perturb_module
+import obstructlib.primitives.perturb as perturb_module
 from obstructlib.engine import cleanup, get_rank, init_distributed
-from obstructlib.methods.mem import mem_protect
+import obstructlib as ob
 
 info = init_distributed()
 visited = []
@@ -192,9 +192,9 @@ def spy(*args, indices=None, **kwargs):
     visited.append(sorted(int(i) for i in indices))
     return real(*args, indices=indices, **kwargs)
 perturb_module.perturb_dataset = spy
-import obstructlib.methods.mem as mem_module
+import obstructlib.methods.mem.method as mem_module
 mem_module.perturb_dataset = spy
-res = mem_protect(clip(), pairs(), tiny_cfg(rounds=1), "cpu", progress=False)
+res = ob.mem.protect(pairs(), tiny_cfg(rounds=1), surrogate=clip(), device="cpu", progress=False)
 json.dump({"noise": res.store.data.tolist(), "triggers": res.triggers.tolist(), "visited": visited},
           open(f"{sys.argv[1]}/rank{get_rank()}.json", "w"))
 cleanup()

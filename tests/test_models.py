@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -213,3 +217,53 @@ def test_small_vit_interpolates_positions():
 def test_device_argument():
     model = create_model("digits_cnn", device="cpu")
     assert next(model.parameters()).device.type == "cpu"
+
+
+# The released akamaster ResNet-20 (read-only offline copy next to the repository; CI has it).
+SHARED_DATA = Path(os.environ.get("OBSTRUCT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+RESNET20_TH = SHARED_DATA / "cifar10-resnets" / "resnet20-12fca82f.th"
+# images: torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0));
+# logits: akamaster's own resnet.py ResNet-20 on (images - ImageNet mean) / ImageNet std.
+RESNET20_FIXTURE = Path(__file__).parent / "fixtures" / "resnet20_akamaster_logits.npz"
+
+
+def _akamaster_resnet_forward(state: dict, x: torch.Tensor, blocks: int = 3) -> torch.Tensor:
+    """akamaster's ``ResNet.forward`` op for op, on its own state dict (``module.`` keys) and normalised ``x``."""
+    import torch.nn.functional as F
+
+    def bn(h, name):
+        w = {k: state[f"module.{name}.{k}"] for k in ("weight", "bias", "running_mean", "running_var")}
+        return F.batch_norm(h, w["running_mean"], w["running_var"], w["weight"], w["bias"], False, 0.1, 1e-5)
+
+    out = F.relu(bn(F.conv2d(x, state["module.conv1.weight"], padding=1), "bn1"))
+    for stage, planes in ((1, 16), (2, 32), (3, 64)):
+        for i in range(blocks):
+            p = f"layer{stage}.{i}"
+            stride = 2 if i == 0 and stage > 1 else 1
+            h = F.relu(bn(F.conv2d(out, state[f"module.{p}.conv1.weight"], stride=stride, padding=1), f"{p}.bn1"))
+            h = bn(F.conv2d(h, state[f"module.{p}.conv2.weight"], padding=1), f"{p}.bn2")
+            short = out
+            if stride != 1 or out.shape[1] != planes:
+                short = F.pad(out[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4), "constant", 0)
+            h += short
+            out = F.relu(h)
+    out = F.avg_pool2d(out, out.size()[3])
+    out = out.view(out.size(0), -1)
+    return F.linear(out, state["module.linear.weight"], state["module.linear.bias"])
+
+
+@pytest.mark.skipif(not RESNET20_TH.is_file(), reason=f"released ResNet-20 checkpoint not found at {RESNET20_TH}")
+def test_released_resnet20_matches_akamaster_logits():
+    # Regression: global pooling must be akamaster's avg_pool2d over the whole map; adaptive_avg_pool2d
+    # sums in another order and moved these logits by 2.9e-6 (7.6e-6 on the CIFAR-10 test set).
+    stored = np.load(RESNET20_FIXTURE)
+    x, expected = torch.from_numpy(stored["images"]), torch.from_numpy(stored["logits"])
+    assert x.shape == (2, 3, 32, 32) and expected.shape == (2, 10)
+    model = load_cifar_resnet(RESNET20_TH, "resnet20")
+    state = torch.load(RESNET20_TH, map_location="cpu", weights_only=True)["state_dict"]
+    with torch.no_grad():
+        logits = model(x)
+        reference = _akamaster_resnet_forward(state, (x - model.normalize.mean) / model.normalize.std)
+    torch.testing.assert_close(reference, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(logits, reference, rtol=0, atol=1e-6)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-6)

@@ -7,32 +7,27 @@ import pytest
 import torch
 from torch import nn
 
+import obstructlib as ob
 from obstructlib.data import ArrayImageDataset
 from obstructlib.engine import ClassifierTrainConfig
 from obstructlib.errors import ConfigError
-from obstructlib.methods import (
+from obstructlib.methods.ntp import (
     NTLConfig,
     NTPConfig,
     admm_init,
     admm_penalty,
     admm_step,
     finetune,
-    fisher_ratio,
-    gaussian_mmd,
-    init_masks,
     load_released,
-    magnitude_masks,
-    mask_parametrize,
     nt_loss,
-    ntp_prune,
     save_released,
     soft_threshold,
-    sparsity_report,
     train_ntl,
     train_target_head,
 )
 from obstructlib.models import create_model
-
+from obstructlib.primitives.feature_losses import fisher_ratio, gaussian_mmd
+from obstructlib.primitives.pruning import init_masks, magnitude_masks, mask_parametrize, sparsity_report
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -205,14 +200,14 @@ def test_ntp_prune_prunes_only_the_encoder_and_keeps_heads_frozen(loss, tmp_path
     head = None if loss == "sparsity" else train_target_head(model, target, cfg, "cpu")
     head_before = None if head is None else head.weight.clone()
     h_s = model.head.weight.clone()
-    result = ntp_prune(model, head, source, target, cfg, "cpu", ckpt_dir=tmp_path / "ckpt", progress=False)
+    result = ob.ntp.prune(model, cfg, source=source, target=target, target_head=head, device="cpu", ckpt_dir=tmp_path / "ckpt", progress=False)
     assert torch.equal(model.head.weight, h_s)
     assert head is None or torch.equal(head.weight, head_before)
     assert 0 < result.sparsity["all"] < 1 and len(result.history) >= 2
     for name, mask in result.masks.items():
         assert not model.encoder.get_parameter(name)[~mask].any()
     # resuming a finished run repeats nothing and returns the same masks
-    again = ntp_prune(tiny_model(), head, source, target, cfg, "cpu", ckpt_dir=tmp_path / "ckpt", progress=False)
+    again = ob.ntp.prune(tiny_model(), cfg, source=source, target=target, target_head=head, device="cpu", ckpt_dir=tmp_path / "ckpt", progress=False)
     assert again.history == result.history
     assert all(torch.equal(again.masks[n], m) for n, m in result.masks.items())
 
@@ -238,7 +233,7 @@ def test_bad_ntp_config_fails_with_one_line():
             NTPConfig(**kw).validate()
         assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="target head"):
-        ntp_prune(tiny_model(), None, blobs(), blobs(), tiny_ntp(), "cpu", progress=False)
+        ob.ntp.prune(tiny_model(), tiny_ntp(), source=blobs(), target=blobs(), device="cpu", progress=False)
 
 
 def test_release_roundtrip(tmp_path):
@@ -266,7 +261,7 @@ def test_ntl_trains_and_resumes(tmp_path):
 
 # ---- the self-supervised variant -------------------------------------------------------------
 def test_nt_xent_hand_case_and_augment_range():
-    from obstructlib.methods.simclr import nt_xent_loss, simclr_augment
+    from obstructlib.methods.ntp.simclr import nt_xent_loss, simclr_augment
 
     z1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     tau = 0.5
@@ -284,7 +279,7 @@ def test_nt_xent_hand_case_and_augment_range():
 
 
 def test_simclr_pretrain_moves_only_the_encoder_and_resumes(tmp_path):
-    from obstructlib.methods.simclr import SimCLRConfig, simclr_pretrain
+    from obstructlib.methods.ntp.simclr import SimCLRConfig, simclr_pretrain
 
     model = tiny_model()
     head, enc = model.head.weight.clone(), model.encoder.body[0].weight.clone()

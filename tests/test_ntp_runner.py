@@ -7,8 +7,9 @@ import pytest
 
 from obstructlib.cli import main
 from obstructlib.config import apply_overrides
-from obstructlib.experiments.ntp import NTPRunConfig, budget_subset, split_style
-from obstructlib.methods import load_released
+from obstructlib.data import split_style
+from obstructlib.experiments.ntp import NTPRunConfig
+from obstructlib.methods.ntp import budget_subset, load_released
 from obstructlib.profiles import resolve_profile
 
 TINY = [
@@ -106,7 +107,7 @@ def test_bad_input_fails_with_one_line_and_leaves_nothing(tmp_path, cli_fails):
 def test_resuming_with_another_config_is_refused(tmp_path, cli_fails):
     out, _ = _run(tmp_path, "--method", "sparsity", "--attack", "masked")
     cli_fails(["ntp", "--out", str(out), *TINY, "--method", "sparsity", "--attack", "masked",
-               "--set", "ntp.alpha=0.5"], "ntp.alpha")
+               "--set", "ntp.rho=0.01"], "ntp.rho")
 
 
 def test_profiles_and_helpers():

@@ -10,17 +10,19 @@ from torch import nn
 
 from obstructlib.data import ArrayImageDataset, PerturbationStore
 from obstructlib.errors import ConfigError
-from obstructlib.methods import (
-    ErrorMaxConfig,
-    ErrorMinConfig,
+from obstructlib.primitives.perturb import (
     clip_to_image,
-    error_maximizing_noise,
-    error_minimizing_noise,
     perturb_dataset,
     pgd,
     pgd_step,
     project,
     random_noise,
+)
+from obstructlib.primitives.poisons import (
+    ErrorMaxConfig,
+    ErrorMinConfig,
+    error_maximizing_noise,
+    error_minimizing_noise,
     random_noise_store,
 )
 

@@ -7,7 +7,8 @@ import torch
 
 from obstructlib.engine import clip_loss
 from obstructlib.errors import ConfigError
-from obstructlib.methods.triggers import (
+from obstructlib.models import create_clip
+from obstructlib.primitives.text_triggers import (
     decode_trigger,
     hotflip_attack,
     hotflip_candidates,
@@ -16,7 +17,6 @@ from obstructlib.methods.triggers import (
     random_trigger,
     strip_tokens,
 )
-from obstructlib.models import create_clip
 
 SOT, EOT = 49406, 49407
 

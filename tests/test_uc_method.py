@@ -9,17 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
+import obstructlib as ob
 from obstructlib.data import ArrayImageDataset, export_protected
 from obstructlib.errors import ConfigError
-from obstructlib.methods import (
-    UCConfig,
-    cluster_targets,
-    project_noise,
-    train_generator,
-    uc,
-    uc_loss,
-    uc_protect,
-)
+from obstructlib.methods.uc import UCConfig, cluster_targets, project_noise, train_generator, uc_loss
+from obstructlib.methods.uc import method as uc
 from obstructlib.models import FeatureExtractor, ResnetGenerator, create_clip, create_model, create_surrogate
 
 EPS = 16 / 255
@@ -140,7 +134,7 @@ def test_train_generator_reduces_uc_loss():
 @pytest.mark.parametrize("norm,eps", [("linf", EPS), ("l2", 0.5)])
 def test_protect_budget_range_and_own_cluster_noise(norm, eps, tmp_path):
     ds = colour_groups()
-    res = uc_protect(ds, tiny_cfg(norm=norm, eps=eps), "cpu", progress=False)
+    res = ob.uc.protect(ds, tiny_cfg(norm=norm, eps=eps), device="cpu", progress=False)
     p, n = 3, len(ds)
     assert res.noises.shape == (p, 3, 16, 16) and res.centers.shape[0] == p
     assert res.assignments.shape == (n,) and sum(res.cluster_sizes) == n
@@ -169,7 +163,7 @@ def test_protect_budget_range_and_own_cluster_noise(norm, eps, tmp_path):
 
 def test_export_round_trip(tmp_path):
     ds = colour_groups(n=12)
-    res = uc_protect(ds, tiny_cfg(epochs=1), "cpu", progress=False)
+    res = ob.uc.protect(ds, tiny_cfg(epochs=1), device="cpu", progress=False)
     out = export_protected(ds, res.store, tmp_path / "ue", progress=False)
     for i in (0, 5, 11):
         x = ds[i][0]
@@ -182,8 +176,8 @@ def test_export_round_trip(tmp_path):
 
 def test_train_on_cluster_and_determinism():
     ds = colour_groups(n=18)
-    a = uc_protect(ds, tiny_cfg(train_on="cluster", epochs=1), "cpu", progress=False)
-    b = uc_protect(ds, tiny_cfg(train_on="cluster", epochs=1), "cpu", progress=False)
+    a = ob.uc.protect(ds, tiny_cfg(train_on="cluster", epochs=1), device="cpu", progress=False)
+    b = ob.uc.protect(ds, tiny_cfg(train_on="cluster", epochs=1), device="cpu", progress=False)
     assert torch.equal(a.assignments, b.assignments) and torch.equal(a.noises, b.noises)
 
 
@@ -203,13 +197,13 @@ def test_train_on_cluster_and_determinism():
 )
 def test_bad_config_is_one_line_config_error(kw):
     with pytest.raises(ConfigError) as err:
-        uc_protect(colour_groups(n=6), tiny_cfg(**kw), "cpu", progress=False)
+        ob.uc.protect(colour_groups(n=6), tiny_cfg(**kw), device="cpu", progress=False)
     assert "\n" not in str(err.value)
 
 
 def test_more_clusters_than_images_is_config_error():
     with pytest.raises(ConfigError, match="only 6 images"):
-        uc_protect(colour_groups(n=6), tiny_cfg(num_clusters=7), "cpu", progress=False)
+        ob.uc.protect(colour_groups(n=6), tiny_cfg(num_clusters=7), device="cpu", progress=False)
 
 
 def test_resume_skips_finished_generators(tmp_path, monkeypatch):
@@ -222,17 +216,17 @@ def test_resume_skips_finished_generators(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(uc, "train_generator", counting)
-    first = uc_protect(ds, tiny_cfg(epochs=1), "cpu", ckpt_dir=tmp_path / "ck", progress=False)
+    first = ob.uc.protect(ds, tiny_cfg(epochs=1), device="cpu", ckpt_dir=tmp_path / "ck", progress=False)
     assert len(calls) == 3 and (tmp_path / "ck" / "perturbation.npy").is_file()
     (tmp_path / "ck" / "generator_001.pt").unlink()  # as if the run had died during generator 1
     calls.clear()
-    again = uc_protect(ds, tiny_cfg(epochs=1), "cpu", ckpt_dir=tmp_path / "ck", progress=False)
+    again = ob.uc.protect(ds, tiny_cfg(epochs=1), device="cpu", ckpt_dir=tmp_path / "ck", progress=False)
     assert len(calls) == 1  # only the missing generator is retrained
     assert torch.equal(first.assignments, again.assignments)
     assert torch.equal(first.noises, again.noises)  # seeded per generator: identical result
     assert again.timings_s[0] == 0.0 and again.timings_s[1] > 0
-    with pytest.raises(ConfigError, match="different|holds a UC run"):
-        uc_protect(ds, tiny_cfg(epochs=2), "cpu", ckpt_dir=tmp_path / "ck", progress=False)
+    with pytest.raises(ConfigError, match="holds a run with"):
+        ob.uc.protect(ds, tiny_cfg(epochs=2), device="cpu", ckpt_dir=tmp_path / "ck", progress=False)
 
 
 def test_surrogate_loads_a_released_cifar_resnet_checkpoint(tmp_path):

@@ -21,10 +21,20 @@ from obstructlib.data.base import (
     to_float_image,
 )
 from obstructlib.data.captions import CaptionDataset, default_templates, templated_captions
+from obstructlib.data.domains import STYLES, RestyledDataset, load_domain, restyle, split_style
 from obstructlib.data.embedded import COLORS, DOMAINS, SHAPES, SUPERCLASSES, SyntheticShapes, generate_shapes
-from obstructlib.data.labels import RelabelledDataset, relabel, relabel_dataset
+from obstructlib.data.labels import (
+    RelabelledDataset,
+    parse_protocol,
+    relabel,
+    relabel_dataset,
+    superclass_map,
+)
+from obstructlib.data.pairs import load_pairs
+from obstructlib.data.protected import ProtectedDataset, ProtectedPairs
 from obstructlib.data.sampler import EpisodeSampler, episode_labels
 from obstructlib.data.store import PerturbationStore, export_protected
+from obstructlib.data.tokens import insert_trigger, pair_collate, strip_tokens, tokenize_captions
 from obstructlib.data.wrappers import (
     IndexedDataset,
     LabelledSubset,
@@ -37,6 +47,7 @@ __all__ = [
     "COLORS",
     "DOMAINS",
     "SHAPES",
+    "STYLES",
     "SUPERCLASSES",
     "ArrayImageDataset",
     "CaptionDataset",
@@ -44,7 +55,10 @@ __all__ = [
     "IndexedDataset",
     "LabelledSubset",
     "PerturbationStore",
+    "ProtectedDataset",
+    "ProtectedPairs",
     "RelabelledDataset",
+    "RestyledDataset",
     "SyntheticShapes",
     "TransformDataset",
     "dataset_info",
@@ -54,13 +68,23 @@ __all__ = [
     "episode_labels",
     "export_protected",
     "generate_shapes",
+    "insert_trigger",
     "labels_of",
     "list_datasets",
     "load_dataset",
+    "load_domain",
+    "load_pairs",
+    "pair_collate",
+    "parse_protocol",
     "register_dataset",
     "relabel",
     "relabel_dataset",
+    "restyle",
     "seeded_subset",
+    "split_style",
+    "strip_tokens",
+    "superclass_map",
     "templated_captions",
     "to_float_image",
+    "tokenize_captions",
 ]

@@ -6,7 +6,8 @@ A *dataset spec* is what a user passes on the command line (``--dataset SPEC``):
   torchvision-style layout under ``root`` (the CLI's ``--data-root``);
 - ``folder:PATH``: an ImageFolder tree with ``train/`` and ``test/``;
 - ``npz:PATH``: ``x_train, y_train, x_test, y_test`` as uint8 NHW or NHWC;
-- ``csv:PATH``: image-caption pairs, columns ``image,caption[,split]``, paths relative to the CSV.
+- ``csv:PATH``: image-caption pairs, columns ``image,caption[,split]``, paths relative to the CSV;
+- any of these followed by a style suffix, ``+mnistm`` or ``+invert`` (:mod:`obstructlib.data.domains`).
 
 Images leave every dataset as float tensors in [0, 1], shape ``(C, H, W)``.
 """
@@ -216,7 +217,8 @@ def load_dataset(spec: str, root: str | Path | None = None, split: str = "train"
     """Load one split of a dataset from its spec.
 
     Args:
-        spec: a registered name, ``folder:PATH``, ``npz:PATH`` or ``csv:PATH``.
+        spec: a registered name, ``folder:PATH``, ``npz:PATH`` or ``csv:PATH``, optionally with a
+            style suffix (``digits+mnistm``).
         root: the data root for registered names (default :func:`default_data_root`).
         split: ``"train"`` or ``"test"``.
         **kwargs: passed to the loader (``image_size``, ``channels``, ``download`` ...).
@@ -233,6 +235,11 @@ def load_dataset(spec: str, root: str | Path | None = None, split: str = "train"
     if split not in SPLITS:
         raise ConfigError(f"split {split!r} is not one of {SPLITS}")
     root = Path(root) if root is not None else default_data_root()
+    from obstructlib.data.domains import RestyledDataset, split_style
+
+    base, style = split_style(spec)
+    if style != "none":  # "digits+mnistm": the base spec's images, restyled (see data.domains)
+        return RestyledDataset(load_dataset(base, root, split, **kwargs), style, seed=int(split == "test"))
     if ":" in spec and spec.split(":", 1)[0] in _PREFIX_LOADERS:
         prefix, path = spec.split(":", 1)
         if not path:
@@ -243,6 +250,9 @@ def load_dataset(spec: str, root: str | Path | None = None, split: str = "train"
 
 def dataset_kind(spec: str) -> str:
     """``"classification"`` or ``"captions"`` for a spec, without loading it."""
+    from obstructlib.data.domains import split_style
+
+    spec = split_style(spec)[0]
     if spec.startswith("csv:"):
         return "captions"
     if ":" in spec and spec.split(":", 1)[0] in _PREFIX_LOADERS:

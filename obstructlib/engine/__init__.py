@@ -26,6 +26,7 @@ from obstructlib.engine.distributed import (
     is_main_process,
     unwrap,
 )
+from obstructlib.engine.fingerprint import check_fingerprint, fingerprint
 from obstructlib.engine.utils import (
     amp_dtype,
     autocast,
@@ -45,6 +46,7 @@ __all__ = [
     "amp_dtype",
     "autocast",
     "barrier",
+    "check_fingerprint",
     "cleanup",
     "clip_loss",
     "count_parameters",
@@ -53,6 +55,7 @@ __all__ = [
     "evaluate",
     "evaluate_clip",
     "fit_classifier",
+    "fingerprint",
     "fit_clip",
     "get_rank",
     "get_world_size",

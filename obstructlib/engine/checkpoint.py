@@ -22,8 +22,10 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,8 @@ from obstructlib.engine.distributed import unwrap
 from obstructlib.engine.utils import rng_state, set_rng_state
 from obstructlib.errors import ConfigError
 
-__all__ = ["MODEL_FILE", "STATE_FILE", "has_checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = ["MODEL_FILE", "STATE_FILE", "has_checkpoint", "json_default", "load_checkpoint", "save_checkpoint",
+           "write_json_atomic"]
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
@@ -215,3 +218,29 @@ def load_checkpoint(
     if restore_rng and state.get("rng") is not None:
         set_rng_state(state["rng"])
     return {"step": int(state["step"]), "config": state.get("config"), "extra": state.get("extra") or {}}
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON to ``path`` through a temporary file and ``os.replace`` (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2, sort_keys=False, default=json_default)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def json_default(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

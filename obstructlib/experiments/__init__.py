@@ -6,8 +6,9 @@ runner from its :class:`Runner` record, so adding a paper adds no CLI code.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from obstructlib.experiments.common import RunContext, versions, write_json_atomic
@@ -34,6 +35,10 @@ class Runner:
         config_for: builds the default config for a profile.
         run: ``run(cfg, ctx) -> metrics``; writes nothing itself but checkpoints.
         flags: options mapped onto config fields.
+        registries: config field -> the registry its values come from (``method`` ->
+            protections), listed by ``obstruct NAME --FIELD help`` and read by the scorecard.
+        resolve: ``resolve(cfg, seed) -> cfg``, the config as it runs (the run's seed written into
+            the sub-configs that take it); what ``results.json`` records.
     """
 
     name: str
@@ -41,6 +46,8 @@ class Runner:
     config_for: Callable[[Profile], Any]
     run: Callable[[Any, RunContext], dict[str, Any]]
     flags: tuple[Flag, ...] = field(default_factory=tuple)
+    registries: dict[str, Any] = field(default_factory=dict)
+    resolve: Callable[[Any, int], Any] | None = None
 
 
 RUNNERS: dict[str, Runner] = {}
@@ -64,13 +71,67 @@ def load_runners() -> dict[str, Runner]:
     return RUNNERS
 
 
+def config_for(name: str, profile: str | Profile | None = None, overrides: Sequence[str] = ()) -> Any:
+    """The resolved config a runner would run with: its profile table plus ``--set`` overrides.
+
+    Args:
+        name: the runner (``clip``, ``uc``, ``mem``, ``ntp``).
+        profile: a profile or its name (default: ``$OBSTRUCT_PROFILE``, else by device).
+        overrides: ``key=value`` strings, as ``--set`` takes them.
+
+    Example:
+        >>> config_for("uc", "quick", ["eps=8/255"]).eps
+        0.03137254901960784
+    """
+    from obstructlib.config import apply_overrides
+    from obstructlib.errors import ConfigError
+    from obstructlib.profiles import resolve_profile
+
+    runners = load_runners()
+    if name not in runners:
+        raise ConfigError(f"unknown runner {name!r}: use one of {', '.join(sorted(runners))}")
+    prof = profile if isinstance(profile, Profile) else resolve_profile(profile)
+    return apply_overrides(runners[name].config_for(prof), overrides)
+
+
+def run(name: str, *, profile: str | None = None, overrides: Sequence[str] = (), seed: int = 0,
+        device: str | None = None, data_root: str | Path | None = None, out: str | Path | None = None,
+        progress: bool = True, restart: bool = False) -> dict[str, Any]:
+    """Run a runner in process, exactly as ``obstruct NAME`` does, and return its ``results.json`` dict.
+
+    Args:
+        name: the runner (``clip``, ``uc``, ``mem``, ``ntp``).
+        profile: ``quick``, ``colab`` or ``paper`` (default as the CLI's).
+        overrides: ``key=value`` strings (``--set``).
+        seed: the run's seed (``--seed``).
+        device: ``cpu``, ``cuda`` ... (default: CUDA when available).
+        data_root: root of registered datasets (default ``$OBSTRUCT_DATA`` or ``./data``).
+        out: run folder (``results.json``, checkpoints); a rerun resumes; None: ``runs/NAME``.
+        progress: progress bars.
+        restart: discard the folder's checkpoints when its config differs, instead of refusing.
+
+    Raises:
+        ObstructError: bad input (one line saying what to do); nothing half-written is left.
+
+    Example:
+        >>> res = run("uc", overrides=["train.epochs=1"], out="runs/uc-try")  # doctest: +SKIP
+        >>> res["metrics"]["protected"]["test_acc"]                           # doctest: +SKIP
+    """
+    from obstructlib.experiments.common import execute
+
+    return execute(name, profile=profile, overrides=overrides, seed=seed, device=device, data_root=data_root,
+                   out=out, progress=progress, restart=restart, argv=None)
+
+
 __all__ = [
     "RUNNERS",
     "Flag",
     "RunContext",
     "Runner",
+    "config_for",
     "load_runners",
     "register_runner",
+    "run",
     "versions",
     "write_json_atomic",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from obstructlib.data import dataset_kind, load_dataset, seeded_subset, templated_captions
+from obstructlib.data import load_pairs
 from obstructlib.engine import ClipTrainConfig, evaluate_clip, fit_clip
 from obstructlib.errors import ConfigError, check_range
 from obstructlib.experiments import Flag, RunContext, Runner, register_runner
@@ -66,34 +66,6 @@ class ClipRunConfig:
             train=ClipTrainConfig(steps=profile.train_steps, batch_size=profile.batch_size,
                                   lr=profile.clip_lr, num_workers=profile.num_workers),
         )
-
-
-def load_pairs(spec: str, root: Any, split: str, *, image_size: int, max_samples: int | None,
-               captions_per_image: int = 1, seed: int = 0, progress: bool = True) -> Any:
-    """Image-caption pairs of one split; classification data gets templated captions.
-
-    Args:
-        spec: dataset spec.
-        root: data root.
-        split: ``train`` or ``test``.
-        image_size: pixels.
-        max_samples: seeded subset of images (None: all).
-        captions_per_image: templated captions per image for classification data.
-        seed: subset and template seed.
-        progress: show decoding progress bars.
-    """
-    if dataset_kind(spec) == "captions":
-        pairs = load_dataset(spec, root, split, image_size=image_size, progress=progress)
-        if max_samples is not None and max_samples < pairs.num_images:
-            import numpy as np
-
-            rng = np.random.default_rng(seed)
-            pairs = pairs.subset_images(np.sort(rng.choice(pairs.num_images, max_samples, replace=False)))
-        return pairs
-    images = load_dataset(spec, root, split, image_size=image_size, channels=3, progress=progress)
-    if max_samples is not None and max_samples < len(images):
-        images = seeded_subset(images, max_samples, seed=seed)
-    return templated_captions(images, captions_per_image=captions_per_image, seed=seed)
 
 
 def run(cfg: ClipRunConfig, ctx: RunContext) -> dict[str, Any]:

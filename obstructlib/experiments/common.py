@@ -9,14 +9,12 @@ the resolved profile, device, seed, data root and output folder; it times stages
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +23,9 @@ from typing import Any
 import torch
 
 from obstructlib.config import config_to_dict
-from obstructlib.errors import ConfigError
+from obstructlib.engine.checkpoint import write_json_atomic
+from obstructlib.engine.fingerprint import check_fingerprint
+from obstructlib.errors import ConfigError, ObstructError
 from obstructlib.profiles import Profile
 
 
@@ -56,32 +56,6 @@ def describe_device(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON to ``path`` through a temporary file and ``os.replace`` (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=False, default=_json_default)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
 @dataclass
 class RunContext:
     """Everything a runner needs besides its config.
@@ -96,6 +70,8 @@ class RunContext:
             that do not save anything.
         progress: show progress bars.
         argv: the command line, recorded in ``results.json``.
+        restart: a run folder holding another config's checkpoints is emptied (``--restart``)
+            instead of refused.
     """
 
     command: str
@@ -106,6 +82,7 @@ class RunContext:
     out_dir: Path | None = None
     progress: bool = True
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
+    restart: bool = False
     timings_s: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -160,10 +137,6 @@ def remove_if_created(out_dir: Path, existed_before: bool) -> None:
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
-# Config fields that change how a run executes but not its result.
-_NO_MEANING = ("num_workers", "cache_max_bytes", "eval_batch_size", "ckpt_every_epochs", "ckpt_every_batches")
-
-
 def seed_hacker(recipe: Any, run_seed: int, hacker_seed: int | None) -> Any:
     """Seed the hacker's model init and return its training recipe.
 
@@ -179,36 +152,64 @@ def seed_hacker(recipe: Any, run_seed: int, hacker_seed: int | None) -> Any:
     return dataclasses.replace(recipe, seed=hacker_seed)
 
 
-def run_fingerprint(cfg: Any, seed: int) -> dict[str, Any]:
-    """The config values that change a run's result, flattened with dotted keys (``train.lr`` ...)."""
-    flat: dict[str, Any] = {"seed": seed}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}{k}.", v)
-        elif prefix.rstrip(".").rsplit(".", 1)[-1] not in _NO_MEANING:
-            flat[prefix.rstrip(".")] = value
-
-    walk("", config_to_dict(cfg))
-    return json.loads(json.dumps(flat, default=_json_default))
-
-
 def check_run_folder(cfg: Any, ctx: RunContext) -> None:
     """Refuse to resume checkpoints made with a different config (they would be silently mixed).
 
-    The first run writes ``OUT/checkpoints/run.json``; a later run in the same folder must match it.
+    The first run writes ``OUT/checkpoints/fingerprint.json``; a later run in the same folder must
+    match it, or start over when ``ctx.restart`` (``--restart``).
     """
     if ctx.ckpt_dir is None:
         return
-    path, now = ctx.ckpt_dir / "run.json", run_fingerprint(cfg, ctx.seed)
-    if path.is_file():
-        old = json.loads(path.read_text())
-        diff = [k for k in sorted(set(old) | set(now)) if old.get(k) != now.get(k)]
-        if diff:
-            k = diff[0]
-            raise ConfigError(f"{ctx.out_dir} holds a run with {k}={old.get(k)!r} (now {now.get(k)!r}): "
-                              "use a new --out, or delete the old folder")
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(now, indent=1))
+    check_fingerprint(ctx.ckpt_dir, cfg, extra={"seed": ctx.seed}, restart=ctx.restart)
+
+
+def execute(name: str, *, profile: str | None, overrides: Sequence[str], seed: int, device: str | None,
+            data_root: str | Path | None, out: str | Path | None, progress: bool, restart: bool,
+            argv: list[str] | None, flags: dict[str, str] | None = None) -> dict[str, Any]:
+    """Resolve a runner's config, run it and write ``OUT/results.json`` (the CLI and :func:`obstructlib.run`).
+
+    Returns:
+        The ``results.json`` payload.
+
+    Raises:
+        ObstructError: bad input; a run folder this call created is removed again.
+    """
+    from obstructlib.config import apply_overrides, set_field
+    from obstructlib.data import default_data_root
+    from obstructlib.engine import cleanup, init_distributed, resolve_device, seed_everything
+    from obstructlib.experiments import load_runners
+    from obstructlib.profiles import resolve_profile
+
+    runners = load_runners()
+    if name not in runners:
+        raise ConfigError(f"unknown runner {name!r}: use one of {', '.join(sorted(runners))}")
+    runner = runners[name]
+    prof = resolve_profile(profile)
+    if out is not None and not str(out).strip():
+        raise ConfigError("--out is empty: name a run folder (e.g. --out runs/NAME)")
+    dist_info = init_distributed()  # under torchrun every process runs this; only rank 0 writes results
+    dev = resolve_device(device)
+    cfg = runner.config_for(prof)
+    for field_name, value in (flags or {}).items():
+        cfg = set_field(cfg, field_name, value)
+    cfg = apply_overrides(cfg, overrides)  # validates the config
+    if runner.resolve is not None:
+        cfg = runner.resolve(cfg, seed)
+    out_dir = Path(out) if out is not None else Path("runs") / name
+    existed = out_dir.exists()
+    ctx = RunContext(command=name, profile=prof, device=dev, seed=seed,
+                     data_root=Path(data_root) if data_root else default_data_root(), out_dir=out_dir,
+                     progress=progress, argv=argv if argv is not None else [f"ob.run({name!r})"], restart=restart)
+    seed_everything(seed)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        metrics = runner.run(cfg, ctx)
+    except ObstructError:
+        if dist_info.is_main:
+            remove_if_created(out_dir, existed)
+        raise
+    payload = ctx.results(cfg, metrics)
+    if dist_info.is_main:
+        write_json_atomic(out_dir / "results.json", payload)
+    cleanup()
+    return payload

@@ -21,30 +21,31 @@ and triggers (``store/``) and both hacker trainings (``hacker_clean/``, ``hacker
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from obstructlib.data import PerturbationStore
+from obstructlib.config import check_linked, link
+from obstructlib.data import PerturbationStore, ProtectedPairs, load_pairs, pair_collate, tokenize_captions
 from obstructlib.engine import ClipTrainConfig, barrier, evaluate_clip, fit_clip, is_main_process
 from obstructlib.errors import ConfigError, check_range
 from obstructlib.experiments import Flag, RunContext, Runner, register_runner
-from obstructlib.experiments.clip_baseline import load_pairs
 from obstructlib.experiments.common import check_run_folder, seed_hacker
-from obstructlib.methods.countermeasures import jpeg
-from obstructlib.methods.mem import MEMConfig, MEMResult, clip_error_max_noise, mem_protect
-from obstructlib.methods.mem_steps import ProtectedPairs, pair_collate, tokenize_captions
-from obstructlib.methods.poisons import ErrorMaxConfig, random_noise_store
-from obstructlib.methods.triggers import decode_trigger
+from obstructlib.methods.mem.method import MEMConfig, MEMResult, clip_error_max_noise, protect
 from obstructlib.metrics import chance_retrieval
 from obstructlib.models import create_clip
+from obstructlib.primitives.countermeasures import REGISTRY as COUNTERMEASURE_REGISTRY
+from obstructlib.primitives.countermeasures import image_countermeasure
+from obstructlib.primitives.poisons import ErrorMaxConfig, random_noise_store
+from obstructlib.primitives.text_triggers import decode_trigger
 from obstructlib.profiles import Profile
+from obstructlib.registry import Registry
 
-METHODS = ("mem", "em", "tap", "random", "mem-classwise", "mem-noshuffle")
 COUNTERMEASURES = ("none", "crop", "jpeg", "strip")
 RETRIEVAL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "medr_i2t", "medr_t2i")
 
@@ -57,7 +58,7 @@ class MEMRunConfig:
         dataset: caption spec (``csv:PATH``, ``flickr8k``, ``synthetic-captions`` ...) or a
             classification spec (``folder:PATH``, ``cifar10``) turned into templated captions.
         method: one of ``mem``, ``em``, ``tap``, ``random``, ``mem-classwise``, ``mem-noshuffle``.
-        trigger_tokens: k of MEM-k (3 or 5); copied into ``mem.trigger_tokens``.
+        trigger_tokens: k of MEM-k (3 or 5); written into ``mem.trigger_tokens`` when set.
         surrogate: the protector's CLIP architecture (paper: RN50).
         surrogate_pretrained: open_clip tag for the fine-tuning setting; None: from scratch.
         hacker: the hacker's CLIP architecture (transfer: e.g. RN50 noise, ViT-B-32 hacker).
@@ -74,7 +75,8 @@ class MEMRunConfig:
         captions_per_image: templated captions per image (classification data only).
         protect_fraction: fraction of the training pairs published protected (partial protection).
         num_groups: groups of ``mem-classwise`` (pairs assigned at random).
-        eps: L-inf budget of every method, [0, 1] pixel units; copied into ``mem``, ``em``, ``tap``.
+        eps: L-inf budget of every method, [0, 1] pixel units; written into ``mem``, ``em``, ``tap``
+            when set (a sub-config budget that differs is refused).
         countermeasure: the hacker's defence, ``none``, ``crop``, ``jpeg`` or ``strip``; applied to
             the clean row too, so the drop measures the protection, not the defence.
         crop_scale: smallest area fraction of ``crop`` (RandomResizedCrop scale ``(crop_scale, 1)``).
@@ -114,10 +116,13 @@ class MEMRunConfig:
                                                                        batch_size=128, random_start=False))
     train: ClipTrainConfig = field(default_factory=ClipTrainConfig)
 
+    # One value, written to each place that uses it by --set (config.LINKED); validate refuses a mismatch.
+    LINKED: ClassVar[dict[str, tuple[str, ...]]] = {"eps": ("mem.eps", "em.eps", "tap.eps"),
+                                                     "trigger_tokens": ("mem.trigger_tokens",)}
+
     def validate(self) -> None:
         """Raise one-line :class:`ConfigError` for bad values (before anything runs)."""
-        if self.method not in METHODS:
-            raise ConfigError(f"method={self.method!r}: use one of {', '.join(METHODS)}")
+        PROTECTIONS.get(self.method, "method")  # one line listing the registered protections
         if self.countermeasure not in COUNTERMEASURES:
             raise ConfigError(f"countermeasure={self.countermeasure!r}: use one of {', '.join(COUNTERMEASURES)}")
         check_range("trigger_tokens", self.trigger_tokens, 1, 20)
@@ -136,10 +141,9 @@ class MEMRunConfig:
             value = getattr(self, name)
             if value is not None and value < 2:
                 raise ConfigError(f"{name}={value}: use at least 2, or none for the whole split")
-        # One budget and one trigger length for every method: copied in, so results.json shows them.
-        self.mem.eps = self.em.eps = self.tap.eps = self.eps
-        self.mem.trigger_tokens = self.trigger_tokens
-        self.em.trigger_tokens = 0
+        check_linked(self)  # one budget and one trigger length for every method
+        if self.em.trigger_tokens != 0:
+            raise ConfigError(f"em.trigger_tokens={self.em.trigger_tokens}: EM is image-only, use 0 (MEM has the trigger)")
         for part in (self.mem, self.em, self.tap, self.train):
             part.validate()
 
@@ -161,27 +165,58 @@ class MEMRunConfig:
           20 rounds x 200 steps, 5 text rounds, K 16, 8 PGD steps of 1/255, batch 128; hacker
           AdamW 5e-4, wd 0.2, 32 epochs, 10,000 warmup steps.
         """
-        hacker = ClipTrainConfig(lr=5e-4, weight_decay=0.2, betas=(0.9, 0.999), eps=1e-8, batch_size=128,
-                                 steps=None, epochs=32, warmup_steps=10_000, num_workers=profile.num_workers)
-        if profile.name == "quick":
-            surrogate = ClipTrainConfig(lr=1e-3, weight_decay=0.2, betas=(0.9, 0.999), eps=1e-8, warmup_steps=0)
-            mem = MEMConfig(rounds=3, train_steps=20, text_rounds=1, num_candidates=8, pgd_steps=4,
-                            step_size=2 / 255, batch_size=64, surrogate=surrogate)
-            em = dataclasses.replace(mem, trigger_tokens=0, text_rounds=0, shuffle_captions=False)
-            train = dataclasses.replace(hacker, lr=1e-3, batch_size=64, steps=150, epochs=None, warmup_steps=15,
-                                        log_every=5)
-            return cls(dataset=profile.image_dataset, image_size=32, context_length=20, max_train_samples=600,
-                       max_test_samples=300, mem=mem, em=em, tap=ErrorMaxConfig(steps=4, step_size=2 / 255,
-                       batch_size=64, random_start=False), train=train)
-        if profile.name == "colab":
-            mem = dataclasses.replace(MEMConfig.finetune(), rounds=5)
-            return cls(dataset=profile.caption_dataset, surrogate="RN50", hacker="ViT-B-32",
-                       hacker_pretrained=profile.clip_pretrained, image_size=224,
-                       max_train_samples=profile.max_train_samples, max_test_samples=1000, mem=mem,
-                       train=dataclasses.replace(hacker, lr=profile.clip_lr, steps=profile.train_steps,
-                                                 epochs=None, warmup_steps=100))
-        return cls(dataset=profile.caption_dataset, surrogate="RN50", hacker="RN50", image_size=224,
-                   max_train_samples=None, max_test_samples=None, train=hacker)
+        return link(_PROFILE_TABLE[profile.name](cls, profile))
+
+
+def _official_hacker(profile: Profile) -> ClipTrainConfig:
+    return ClipTrainConfig(lr=5e-4, weight_decay=0.2, betas=(0.9, 0.999), eps=1e-8, batch_size=128,
+                           steps=None, epochs=32, warmup_steps=10_000, num_workers=profile.num_workers)
+
+
+def _quick(cls: type, profile: Profile) -> MEMRunConfig:
+    surrogate = ClipTrainConfig(lr=1e-3, weight_decay=0.2, betas=(0.9, 0.999), eps=1e-8, warmup_steps=0)
+    mem = MEMConfig(rounds=3, train_steps=20, text_rounds=1, num_candidates=8, pgd_steps=4,
+                    step_size=2 / 255, batch_size=64, surrogate=surrogate)
+    em = dataclasses.replace(mem, trigger_tokens=0, text_rounds=0, shuffle_captions=False)
+    train = dataclasses.replace(_official_hacker(profile), lr=1e-3, batch_size=64, steps=150, epochs=None,
+                                warmup_steps=15, log_every=5)
+    return cls(dataset=profile.image_dataset, image_size=32, context_length=20, max_train_samples=600,
+               max_test_samples=300, mem=mem, em=em,
+               tap=ErrorMaxConfig(steps=4, step_size=2 / 255, batch_size=64, random_start=False), train=train)
+
+
+def _colab(cls: type, profile: Profile) -> MEMRunConfig:
+    return cls(dataset=profile.caption_dataset, surrogate="RN50", hacker="ViT-B-32",
+               hacker_pretrained=profile.clip_pretrained, image_size=224,
+               max_train_samples=profile.max_train_samples, max_test_samples=1000,
+               mem=dataclasses.replace(MEMConfig.finetune(), rounds=5),
+               train=dataclasses.replace(_official_hacker(profile), lr=profile.clip_lr, steps=profile.train_steps,
+                                         epochs=None, warmup_steps=100))
+
+
+def _paper(cls: type, profile: Profile) -> MEMRunConfig:
+    return cls(dataset=profile.caption_dataset, surrogate="RN50", hacker="RN50", image_size=224,
+               max_train_samples=None, max_test_samples=None, train=_official_hacker(profile))
+
+
+# The profile table: profile name -> the runner's defaults in that profile (no branches elsewhere).
+_PROFILE_TABLE = {"quick": _quick, "colab": _colab, "paper": _paper}
+
+
+def resolve(cfg: MEMRunConfig, seed: int) -> MEMRunConfig:
+    """The config as it runs: the protector's seeds are the run's ``--seed``; the ablations
+    ``mem-noshuffle`` / ``mem-classwise`` write their switch into ``mem`` (so ``results.json`` shows it);
+    the hacker's data order follows ``hacker_seed`` when set."""
+    cfg = copy.deepcopy(cfg)
+    cfg.mem.seed = cfg.em.seed = cfg.tap.seed = seed
+    cfg.mem.surrogate.seed = cfg.em.surrogate.seed = seed  # unused by MEM (its own seed orders the batches)
+    if cfg.method == "mem-noshuffle":
+        cfg.mem.shuffle_captions = False
+    if cfg.method == "mem-classwise":
+        cfg.mem.num_groups = cfg.num_groups
+    if cfg.hacker_seed is not None:
+        cfg.train.seed = cfg.hacker_seed
+    return cfg
 
 
 # ---- protection ------------------------------------------------------------------------------
@@ -190,35 +225,75 @@ def _clip(cfg: MEMRunConfig, arch: str, pretrained: str | None, ctx: RunContext)
     return create_clip(arch, pretrained, device=ctx.device, image_size=cfg.model_image_size, **kw)
 
 
-def _protect(cfg: MEMRunConfig, ctx: RunContext, train: Any) -> tuple[MEMResult, dict[str, Any]]:
-    """Run ``cfg.method`` on the training pairs; returns the noise, triggers and a summary."""
-    work = ctx.stage_dir("protector")
-    n, shape = len(train), tuple(train[0][0].shape)
-    empty = torch.zeros(n, 0, dtype=torch.long)
-    if cfg.method == "random":
-        with ctx.timer("noise_generation"):
-            store = random_noise_store(n, shape, cfg.eps, seed=ctx.seed)
-        return MEMResult(store, empty, np.arange(n), []), {}
+# The protections, name -> protect(cfg, ctx, train, work) -> (result, info); the runner dispatches by lookup.
+PROTECTIONS: Registry = Registry("protection")
+
+
+def _no_trigger(store: Any, n: int) -> MEMResult:
+    return MEMResult(store, torch.zeros(n, 0, dtype=torch.long), np.arange(n), [])
+
+
+def _surrogate(cfg: MEMRunConfig, ctx: RunContext) -> Any:
     torch.manual_seed(ctx.seed)
-    surrogate = _clip(cfg, cfg.surrogate, cfg.surrogate_pretrained, ctx)
-    if cfg.method == "tap":  # error-maximising noise needs a CLIP trained on the clean pairs
-        with ctx.timer("surrogate_training"):
-            fit_clip(surrogate, train, cfg.train, ctx.device, progress=ctx.progress,
-                     ckpt_dir=None if work is None else work / "clean_clip")
-        tap = dataclasses.replace(cfg.tap, seed=ctx.seed)
-        with ctx.timer("noise_generation"):
-            store = clip_error_max_noise(surrogate, train, tap, ctx.device, progress=ctx.progress)
-        return MEMResult(store, empty, np.arange(n), []), {}
-    if cfg.method == "em":
-        recipe = dataclasses.replace(cfg.em, seed=ctx.seed)
-    else:
-        recipe = dataclasses.replace(cfg.mem, seed=ctx.seed, shuffle_captions=cfg.method != "mem-noshuffle",
-                                     num_groups=cfg.num_groups if cfg.method == "mem-classwise" else None)
+    return _clip(cfg, cfg.surrogate, cfg.surrogate_pretrained, ctx)
+
+
+@PROTECTIONS.register("random")
+def _protect_random(cfg: MEMRunConfig, ctx: RunContext, train: Any, work: Any) -> tuple:
+    """Uniform image noise in the eps-ball, no trigger (the "noise alone does nothing" baseline)."""
     with ctx.timer("noise_generation"):
-        result = mem_protect(surrogate, train, recipe, ctx.device, progress=ctx.progress, ckpt_dir=work)
+        store = random_noise_store(len(train), tuple(train[0][0].shape), cfg.eps, seed=ctx.seed)
+    return _no_trigger(store, len(train)), {}
+
+
+@PROTECTIONS.register("tap")
+def _protect_tap(cfg: MEMRunConfig, ctx: RunContext, train: Any, work: Any) -> tuple:
+    """Error-maximising image noise against a CLIP trained on the clean pairs (TAP-like, arXiv 2106.10807)."""
+    surrogate = _surrogate(cfg, ctx)
+    with ctx.timer("surrogate_training"):
+        fit_clip(surrogate, train, cfg.train, ctx.device, progress=ctx.progress,
+                 ckpt_dir=None if work is None else work / "clean_clip")
+    with ctx.timer("noise_generation"):
+        store = clip_error_max_noise(surrogate, train, cfg.tap, ctx.device, progress=ctx.progress)
+    return _no_trigger(store, len(train)), {}
+
+
+def _protect_min(cfg: MEMRunConfig, ctx: RunContext, train: Any, work: Any, recipe: MEMConfig) -> tuple:
+    surrogate = _surrogate(cfg, ctx)
+    with ctx.timer("noise_generation"):
+        result = protect(train, recipe, surrogate=surrogate, device=ctx.device, ckpt_dir=work, progress=ctx.progress)
     info = {"history": result.history,
             "trigger_examples": [decode_trigger(surrogate.tokenizer, t) for t in result.triggers[:8]]}
     return result, info
+
+
+@PROTECTIONS.register("mem")
+def _protect_mem(cfg: MEMRunConfig, ctx: RunContext, train: Any, work: Any) -> tuple:
+    """MEM-k (arXiv 2407.16307): per-pair image noise and a k-token HotFlip trigger, caption shuffling."""
+    return _protect_min(cfg, ctx, train, work, cfg.mem)
+
+
+@PROTECTIONS.register("mem-noshuffle")
+def _protect_mem_noshuffle(cfg: MEMRunConfig, ctx: RunContext, train: Any, work: Any) -> tuple:
+    """MEM without caption shuffling (the paper's ablation; ``mem.shuffle_captions`` is False)."""
+    return _protect_min(cfg, ctx, train, work, cfg.mem)
+
+
+@PROTECTIONS.register("mem-classwise")
+def _protect_mem_classwise(cfg: MEMRunConfig, ctx: RunContext, train: Any, work: Any) -> tuple:
+    """Class-wise MEM: ``num_groups`` random groups of pairs share one noise and one trigger."""
+    return _protect_min(cfg, ctx, train, work, cfg.mem)
+
+
+@PROTECTIONS.register("em")
+def _protect_em(cfg: MEMRunConfig, ctx: RunContext, train: Any, work: Any) -> tuple:
+    """Image-only error-minimising noise with the CLIP loss (arXiv 2101.04898 applied to CLIP), no trigger."""
+    return _protect_min(cfg, ctx, train, work, cfg.em)
+
+
+def _protect(cfg: MEMRunConfig, ctx: RunContext, train: Any) -> tuple[MEMResult, dict[str, Any]]:
+    """Run ``cfg.method`` on the training pairs; returns the noise, triggers and a summary."""
+    return PROTECTIONS.get(cfg.method)(cfg, ctx, train, ctx.stage_dir("protector"))
 
 
 def _stored_protection(cfg: MEMRunConfig, ctx: RunContext, train: Any) -> tuple[MEMResult, dict, bool]:
@@ -243,13 +318,8 @@ def _stored_protection(cfg: MEMRunConfig, ctx: RunContext, train: Any) -> tuple[
 
 # ---- the hacker ------------------------------------------------------------------------------
 def _image_defence(cfg: MEMRunConfig) -> Any:
-    if cfg.countermeasure == "jpeg":
-        return lambda x: jpeg(x, quality=cfg.jpeg_quality)
-    if cfg.countermeasure == "crop":
-        from torchvision.transforms import RandomResizedCrop
-
-        return RandomResizedCrop(cfg.image_size, scale=(cfg.crop_scale, 1.0), antialias=True)
-    return None
+    return image_countermeasure(cfg.countermeasure, jpeg_quality=cfg.jpeg_quality, image_size=cfg.image_size,
+                                crop_scale=cfg.crop_scale)
 
 
 def _train_hacker(cfg: MEMRunConfig, ctx: RunContext, train: Any, result: MEMResult | None,
@@ -327,9 +397,11 @@ register_runner(Runner(
     help="Multimodal Unlearnable Examples and baselines: protect image-caption pairs, train a hacker CLIP, report clean retrieval",
     config_for=MEMRunConfig.for_profile,
     run=run,
+    resolve=resolve,
+    registries={"method": PROTECTIONS, "countermeasure": COUNTERMEASURE_REGISTRY},
     flags=(
         Flag("--dataset", "dataset", "caption spec (csv:PATH, flickr8k, synthetic-captions) or folder:PATH/cifar10"),
-        Flag("--method", "method", "protection: " + ", ".join(METHODS)),
+        Flag("--method", "method", "protection (help: list them)"),
         Flag("--trigger-tokens", "trigger_tokens", "trigger length k (MEM-3: 3, MEM-5: 5)"),
         Flag("--surrogate", "surrogate", "protector's CLIP architecture (tiny-rn, RN50, ViT-B-32 ...)"),
         Flag("--hacker", "hacker", "hacker's CLIP architecture"),

@@ -30,32 +30,30 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from obstructlib.data import ArrayImageDataset, labels_of, load_dataset, seeded_subset
+from obstructlib.data import ArrayImageDataset, load_domain, split_style
 from obstructlib.engine import ClassifierTrainConfig, fit_classifier
 from obstructlib.errors import ConfigError, check_range
 from obstructlib.experiments import Flag, RunContext, Runner, register_runner
 from obstructlib.experiments.common import check_run_folder
-from obstructlib.experiments.ntp_curves import accuracy, budget_subset, learning_curves
-from obstructlib.methods.ntl import NTLConfig, train_ntl
-from obstructlib.methods.ntp import NTPConfig, ntp_prune, train_target_head
-from obstructlib.methods.ntp_release import finetune, load_released, magnitude_prune, save_released
-from obstructlib.methods.ntp_steps import sparsity_report
-from obstructlib.methods.simclr import SimCLRConfig, simclr_pretrain
+from obstructlib.methods.ntp.curves import accuracy, budget_subset, learning_curves
+from obstructlib.methods.ntp.method import LOSSES, NTPConfig, prune, train_target_head
+from obstructlib.methods.ntp.ntl import NTLConfig, train_ntl
+from obstructlib.methods.ntp.release import finetune, load_released, magnitude_prune, save_released
+from obstructlib.methods.ntp.simclr import SimCLRConfig, simclr_pretrain
 from obstructlib.metrics.transfer import slc_auc
 from obstructlib.models import create_model
+from obstructlib.primitives.pruning import sparsity_report
 from obstructlib.profiles import Profile
+from obstructlib.registry import Registry
 
-METHODS = ("ntp", "ntl-admm", "sparsity", "magnitude", "ntl")
 ATTACKS = ("masked", "dense", "both")
 SOURCE_INITS = ("supervised", "simclr")
-STYLES = ("mnistm", "invert")
 DEFAULT_RATIOS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
@@ -121,7 +119,8 @@ class NTPRunConfig:
 
     def validate(self) -> None:
         """Raise one-line :class:`ConfigError` for bad values (before anything runs)."""
-        for name, value, choices in (("method", self.method, METHODS), ("attack", self.attack, ATTACKS),
+        PROTECTIONS.get(self.method, "method")  # one line listing the registered protections
+        for name, value, choices in (("attack", self.attack, ATTACKS),
                                      ("source_init", self.source_init, SOURCE_INITS)):
             if value not in choices:
                 raise ConfigError(f"{name}={value!r}: use one of {', '.join(choices)}")
@@ -168,81 +167,51 @@ class NTPRunConfig:
         pre-training first: 100 epochs at batch 256 on colab/paper, 5 in quick); the paper's SSL
         pair is ``--source cifar10 --target stl10``.
         """
-        paper_ratios = (0.001, 0.002, 0.005, 0.008, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0)
-        if profile.name == "quick":
-            quick_recipe = ClassifierTrainConfig(epochs=12, batch_size=64, lr=1e-3, weight_decay=8e-4,
-                                                 optimizer="adam", scheduler="none")
-            return cls(
-                max_target_train=720, ratios=(0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
-                source_train=ClassifierTrainConfig(epochs=15, batch_size=64, lr=1e-3, weight_decay=1e-4,
-                                                   optimizer="adam", scheduler="step"),
-                curve=quick_recipe,
-                source_finetune=dataclasses.replace(quick_recipe, epochs=5),
-                prune_ratio=1.0,
-                ntp=NTPConfig(epochs=3, batch_size=64, max_iters=12, min_iters=3, sparsity=0.4, head_epochs=20),
-                ntl=NTLConfig(epochs=10, lr=1e-3),
-                simclr=SimCLRConfig(epochs=5, batch_size=128),
-            )
-        base = cls(source="mnist", target="usps", arch="resnet18", image_size=32,
-                   ratios=paper_ratios)
-        if profile.name == "colab":
-            return dataclasses.replace(base, max_source_train=20000, max_target_train=None,
-                                       source_train=dataclasses.replace(base.source_train, epochs=20))
-        return dataclasses.replace(base, curve_seeds=3,
-                                   source_train=dataclasses.replace(base.source_train, epochs=100))
+        return _PROFILE_TABLE[profile.name](cls)
 
 
-# ---- data ------------------------------------------------------------------------------------
-def split_style(spec: str) -> tuple[str, str]:
-    """``"digits+mnistm"`` -> ``("digits", "mnistm")``; a spec without a known style suffix -> ``(spec, "none")``."""
-    base, plus, style = spec.rpartition("+")
-    return (base, style) if plus and base and style in STYLES else (spec, "none")
+_PAPER_RATIOS = (0.001, 0.002, 0.005, 0.008, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
-def _style(x: torch.Tensor, style: str, seed: int) -> torch.Tensor:
-    """One image in [0, 1], restyled; the randomness depends only on ``seed`` (the image index)."""
-    if style == "invert":
-        return 1.0 - x
-    if style == "mnistm":
-        g = torch.Generator().manual_seed(seed)
-        # a smooth random colour field (4x4 colours, bilinearly upsampled) in place of a photo crop
-        field_ = torch.rand(1, 3, 4, 4, generator=g)
-        bg = torch.nn.functional.interpolate(field_, size=x.shape[-2:], mode="bilinear", align_corners=False)[0]
-        return (x.expand(3, -1, -1) - bg).abs()  # MNIST-M: |digit - background|
-    return x
+def _quick(cls: type) -> NTPRunConfig:
+    recipe = ClassifierTrainConfig(epochs=12, batch_size=64, lr=1e-3, weight_decay=8e-4, optimizer="adam",
+                                   scheduler="none")
+    return cls(
+        max_target_train=720, ratios=(0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+        source_train=ClassifierTrainConfig(epochs=15, batch_size=64, lr=1e-3, weight_decay=1e-4,
+                                           optimizer="adam", scheduler="step"),
+        curve=recipe,
+        source_finetune=dataclasses.replace(recipe, epochs=5),
+        prune_ratio=1.0,
+        ntp=NTPConfig(epochs=3, batch_size=64, max_iters=12, min_iters=3, sparsity=0.4, head_epochs=20),
+        ntl=NTLConfig(epochs=10, lr=1e-3),
+        simclr=SimCLRConfig(epochs=5, batch_size=128),
+    )
 
 
-def _materialise(ds: Dataset, style: str, seed: int) -> ArrayImageDataset:
-    """Decode (and restyle) a small split once into uint8 NHWC memory: epochs then cost no resizing."""
-    images = [_style(ds[i][0], style, seed * 1_000_003 + i) for i in range(len(ds))]  # type: ignore[arg-type]
-    x = torch.stack(images).clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    labels = labels_of(ds)
-    if labels is None:
-        raise ConfigError("the dataset has no class labels: NTP needs labelled source and target data")
-    return ArrayImageDataset(np.ascontiguousarray(x), labels, getattr(ds, "classes", None), channels=3)
+def _digits_paper(cls: type, source_epochs: int, **kw: Any) -> NTPRunConfig:
+    base = cls(source="mnist", target="usps", arch="resnet18", image_size=32, ratios=_PAPER_RATIOS)
+    return dataclasses.replace(base, source_train=dataclasses.replace(base.source_train, epochs=source_epochs), **kw)
 
 
-def load_domain(spec: str, split: str = "train", *, image_size: int = 32, max_samples: int | None = None,
-                seed: int = 0, data_root: str | Path | None = None, progress: bool = False) -> ArrayImageDataset:
-    """One split of a domain, as 3-channel uint8 images in memory (decoded and resized once).
+# The profile table: profile name -> the runner's defaults in that profile (no branches elsewhere).
+_PROFILE_TABLE = {
+    "quick": _quick,
+    "colab": lambda cls: _digits_paper(cls, 20, max_source_train=20000, max_target_train=None),
+    "paper": lambda cls: _digits_paper(cls, 100, curve_seeds=3),
+}
 
-    Args:
-        spec: a dataset spec, optionally with a style suffix (``digits+mnistm``, see :func:`split_style`).
-        split: ``"train"`` or ``"test"``.
-        image_size: square side in pixels.
-        max_samples: seeded, class-stratified subset (None: all).
-        seed: seed of the subset and of the style's random backgrounds.
-        data_root: root of registered datasets.
-        progress: show decoding progress where the loader has any.
 
-    Example:
-        >>> target = load_domain("digits+mnistm", "test", image_size=16)
-        >>> target[0][0].shape
-        torch.Size([3, 16, 16])
-    """
-    spec, style = split_style(spec)
-    ds = load_dataset(spec, data_root, split, image_size=image_size, channels=3, progress=progress)
-    return _materialise(seeded_subset(ds, max_samples, seed=seed), style, seed + (split == "test"))
+def resolve(cfg: NTPRunConfig, seed: int) -> NTPRunConfig:
+    """The config as it runs: the owner's seeds are the run's ``--seed``; ``ntp.loss`` is the method
+    (``ntp``, ``ntl-admm``, ``sparsity``) and ``sparsity`` runs with ``alpha = reg = 0``."""
+    cfg = copy.deepcopy(cfg)
+    cfg.ntp.seed = cfg.ntl.seed = cfg.simclr.seed = seed
+    if cfg.method in LOSSES:
+        cfg.ntp.loss = cfg.method
+    if cfg.method == "sparsity":
+        cfg.ntp.alpha, cfg.ntp.reg = 0.0, 0.0
+    return cfg
 
 
 # ---- stages ----------------------------------------------------------------------------------
@@ -251,12 +220,60 @@ def _source_model(cfg: NTPRunConfig, ctx: RunContext, train: Dataset, test: Data
     model = create_model(cfg.arch, num_classes=len(train.classes))  # type: ignore[attr-defined]
     if cfg.source_init == "simclr":  # the SSL variant: a contrastive encoder, then the supervised head
         with ctx.timer("simclr_pretraining"):
-            simclr_pretrain(model, train, dataclasses.replace(cfg.simclr, seed=ctx.seed), ctx.device,
+            simclr_pretrain(model, train, cfg.simclr, ctx.device,
                             ckpt_dir=ctx.stage_dir("simclr"), progress=ctx.progress)
     with ctx.timer("source_training"):
         fit_classifier(model, train, None, cfg.source_train, ctx.device, ckpt_dir=ctx.stage_dir("source_model"),
                        progress=ctx.progress)
     return model.eval(), accuracy(model, test, ctx.device)
+
+
+# The protections, name -> protect(cfg, ctx, model, s_own, t_own) -> (released, masks, info).
+PROTECTIONS: Registry = Registry("protection")
+
+
+def _admm(cfg: NTPRunConfig, ctx: RunContext, model: Any, s_own: Any, t_own: Any) -> tuple:
+    head = None if cfg.method == "sparsity" else train_target_head(model, t_own, cfg.ntp, ctx.device)
+    result = prune(model, cfg.ntp, source=s_own, target=t_own, target_head=head, device=ctx.device,
+                   ckpt_dir=ctx.stage_dir("prune"), progress=ctx.progress)
+    return model, result.masks, {"admm_iterations": len(result.history), "stopped_by": result.stopped_by,
+                                 "admm_history": result.history}
+
+
+@PROTECTIONS.register("ntp")
+def _protect_ntp(cfg: NTPRunConfig, ctx: RunContext, model: Any, s_own: Any, t_own: Any) -> tuple:
+    """Non-Transferable Pruning (arXiv 2410.08015): ADMM with the non-transferable loss and the Fisher ratio."""
+    return _admm(cfg, ctx, model, s_own, t_own)
+
+
+@PROTECTIONS.register("ntl-admm")
+def _protect_ntl_admm(cfg: NTPRunConfig, ctx: RunContext, model: Any, s_own: Any, t_own: Any) -> tuple:
+    """The same ADMM with the NTL-style MMD loss (the paper's ablation)."""
+    return _admm(cfg, ctx, model, s_own, t_own)
+
+
+@PROTECTIONS.register("sparsity")
+def _protect_sparsity(cfg: NTPRunConfig, ctx: RunContext, model: Any, s_own: Any, t_own: Any) -> tuple:
+    """The same ADMM with alpha = lambda = 0: sparse source training only (the paper's ablation)."""
+    return _admm(cfg, ctx, model, s_own, t_own)
+
+
+@PROTECTIONS.register("magnitude")
+def _protect_magnitude(cfg: NTPRunConfig, ctx: RunContext, model: Any, s_own: Any, t_own: Any) -> tuple:
+    """Global magnitude pruning to ``ntp.sparsity``, then masked source fine-tuning ("pruning alone")."""
+    model, masks = magnitude_prune(model, s_own, cfg.ntp.sparsity, cfg.source_finetune, ctx.device,
+                                   include_bn=cfg.ntp.prune_bn, ckpt_dir=ctx.stage_dir("prune"), progress=ctx.progress)
+    return model, masks, {}
+
+
+@PROTECTIONS.register("ntl")
+def _protect_ntl(cfg: NTPRunConfig, ctx: RunContext, model: Any, s_own: Any, t_own: Any) -> tuple:
+    """Non-Transferable Learning (arXiv 2106.06916): dense training that keeps S and fails on T."""
+    if len(s_own.classes) != len(t_own.classes):
+        raise ConfigError("method=ntl shares one head between source and target: they need the same classes")
+    history = train_ntl(model, s_own, t_own, cfg.ntl, ctx.device, ckpt_dir=ctx.stage_dir("prune"),
+                        progress=ctx.progress)
+    return model, {}, {"ntl_history": history}
 
 
 def _protect(cfg: NTPRunConfig, ctx: RunContext, source_model: Any, s_train: ArrayImageDataset,
@@ -271,25 +288,8 @@ def _protect(cfg: NTPRunConfig, ctx: RunContext, source_model: Any, s_train: Arr
     model = copy.deepcopy(source_model)
     info: dict[str, Any] = {"owner_source_images": len(s_own), "owner_target_images": len(t_own)}
     start = time.perf_counter()
-    if cfg.method in ("ntp", "ntl-admm", "sparsity"):
-        ntp = dataclasses.replace(cfg.ntp, loss=cfg.method, seed=ctx.seed)
-        if cfg.method == "sparsity":
-            ntp = dataclasses.replace(ntp, alpha=0.0, reg=0.0)
-        head = None if cfg.method == "sparsity" else train_target_head(model, t_own, ntp, ctx.device)
-        result = ntp_prune(model, head, s_own, t_own, ntp, ctx.device, ckpt_dir=ctx.stage_dir("prune"),
-                           progress=ctx.progress)
-        masks = result.masks
-        info.update(admm_iterations=len(result.history), stopped_by=result.stopped_by, admm_history=result.history)
-    elif cfg.method == "magnitude":
-        model, masks = magnitude_prune(model, s_own, cfg.ntp.sparsity, cfg.source_finetune, ctx.device,
-                                       include_bn=cfg.ntp.prune_bn, ckpt_dir=ctx.stage_dir("prune"),
-                                       progress=ctx.progress)
-    else:
-        if len(s_train.classes) != len(t_train.classes):
-            raise ConfigError("method=ntl shares one head between source and target: they need the same classes")
-        info["ntl_history"] = train_ntl(model, s_own, t_own, dataclasses.replace(cfg.ntl, seed=ctx.seed), ctx.device,
-                                        ckpt_dir=ctx.stage_dir("prune"), progress=ctx.progress)
-        masks = {}
+    model, masks, more = PROTECTIONS.get(cfg.method)(cfg, ctx, model, s_own, t_own)
+    info.update(more)
     ctx.timings_s["pruning"] = round(ctx.timings_s.get("pruning", 0.0) + time.perf_counter() - start, 3)
     info["sparsity"] = sparsity_report(model.encoder, masks) if masks else {"all": 0.0, "weights": 0.0, "layers": {}}
     if folder is not None:
@@ -363,11 +363,13 @@ register_runner(Runner(
     help="Non-Transferable Pruning and baselines: protect a source model, attack it on a target domain, report SLC-AUC",
     config_for=NTPRunConfig.for_profile,
     run=run,
+    resolve=resolve,
+    registries={"method": PROTECTIONS},
     flags=(
         Flag("--source", "source", "authorised domain: a dataset spec (digits, mnist, npz:PATH ...)"),
         Flag("--target", "target", "domain to block: a dataset spec"),
         Flag("--arch", "arch", "model: digits_cnn, resnet18, vgg11 ..."),
-        Flag("--method", "method", "protection: " + ", ".join(METHODS)),
+        Flag("--method", "method", "protection (help: list them)"),
         Flag("--attack", "attack", "attacker's fine-tuning: " + ", ".join(ATTACKS)),
     ),
 ))

@@ -21,41 +21,57 @@ own checkpoints (``protector/``) and both target trainings (``target_clean/``, `
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
-from obstructlib.data import PerturbationStore, load_dataset, seeded_subset
+from obstructlib.config import check_linked, link
+from obstructlib.data import PerturbationStore, ProtectedDataset, load_dataset, seeded_subset
 from obstructlib.data.labels import parse_protocol, relabel_dataset
 from obstructlib.engine import ClassifierTrainConfig, fit_classifier
 from obstructlib.errors import ConfigError, check_range
 from obstructlib.experiments import Flag, RunContext, Runner, register_runner
 from obstructlib.experiments.common import check_run_folder, seed_hacker
-from obstructlib.methods.countermeasures import (
+from obstructlib.methods.uc.method import UCConfig, protect
+from obstructlib.models import create_model
+from obstructlib.primitives.augment import pad_crop_flip
+from obstructlib.primitives.countermeasures import (
     COUNTERMEASURES,
     AdvTrainConfig,
     fit_defended,
     image_countermeasure,
 )
-from obstructlib.methods.poisons import (
+from obstructlib.primitives.countermeasures import (
+    REGISTRY as COUNTERMEASURE_REGISTRY,
+)
+from obstructlib.primitives.poisons import (
     ErrorMaxConfig,
     ErrorMinConfig,
     error_maximizing_noise,
     error_minimizing_noise,
     random_noise_store,
 )
-from obstructlib.methods.uc import QUICK_OVERRIDES, UCConfig, protect
-from obstructlib.models import create_model
 from obstructlib.profiles import Profile
+from obstructlib.registry import Registry
 
-METHODS = ("uc", "uc-clip", "em-sample", "em-class", "tap", "random")
+# What the quick (2-core CPU, minutes) profile changes; the paper values are the UCConfig defaults.
+# lr is raised because the budget is tiny (spec Sec. 4.2).
+UC_QUICK: dict[str, Any] = {
+    "epochs": 3,
+    "lr": 1e-3,
+    "ngf": 16,
+    "n_blocks": 2,
+    "batch_size": 128,
+    "kmeans_n_init": 3,
+}
 
 
 @dataclass
@@ -77,7 +93,8 @@ class UCRunConfig:
         max_train_samples: seeded, class-stratified training subset (None: all).
         max_test_samples: the same for the test split.
         eps: L-inf budget of every method, in [0, 1] pixel units (paper: 16/255); it is copied
-            into ``uc.eps``, ``em.eps`` and ``tap.eps`` (the one budget of the comparison).
+            into ``uc.eps``, ``em.eps`` and ``tap.eps`` when set (the one budget of the comparison;
+            a sub-config budget that differs is refused).
         augment: random crop (padding 1/8 of the side) and horizontal flip while the target
             trains, as the paper's recipe does (resize + random crop + flip).
         surrogate: UC's feature extractor for ``--method uc`` (paper: ``rn50``, ImageNet weights).
@@ -85,8 +102,9 @@ class UCRunConfig:
         surrogate_epochs: for a ``classifier:ARCH`` surrogate, epochs of supervised training on
             the protector's images first (a stand-in for a pretrained network where none can be
             downloaded; these labels train the surrogate only, never the noise); 0 keeps it as built.
-        uc: Unlearnable Clusters settings (clusters, generator, its training; ``uc.surrogate`` is
-            set from ``surrogate`` / ``clip_surrogate`` and ``uc.eps`` from ``eps``).
+        uc: Unlearnable Clusters settings (clusters, generator, its training; ``uc.surrogate`` and
+            ``uc.eps`` are ``surrogate`` and ``eps``; ``uc-clip`` uses ``clip_surrogate`` instead;
+            ``uc.seed`` is the run's ``--seed``).
         protector_model: classifier EM trains and TAP attacks (TAP trains it first with ``train``).
         em: error-minimising noise recipe (``eps`` is overridden by the top-level ``eps``).
         tap: adversarial-poison recipe (``eps`` likewise).
@@ -122,10 +140,13 @@ class UCRunConfig:
     adv: AdvTrainConfig = field(default_factory=AdvTrainConfig)
     train: ClassifierTrainConfig = field(default_factory=ClassifierTrainConfig)
 
+    # One value, written to each place that uses it by --set (config.LINKED); validate refuses a mismatch.
+    LINKED: ClassVar[dict[str, tuple[str, ...]]] = {"eps": ("uc.eps", "em.eps", "tap.eps"),
+                                                     "surrogate": ("uc.surrogate",)}
+
     def validate(self) -> None:
         """Raise one-line :class:`ConfigError` for bad values (before anything runs)."""
-        if self.method not in METHODS:
-            raise ConfigError(f"method={self.method!r}: use one of {', '.join(METHODS)}")
+        PROTECTIONS.get(self.method, "method")  # one line listing the registered protections
         parse_protocol(self.labels)
         if self.countermeasure not in COUNTERMEASURES:
             raise ConfigError(f"countermeasure={self.countermeasure!r}: use one of {', '.join(COUNTERMEASURES)}")
@@ -144,9 +165,7 @@ class UCRunConfig:
                               f"{self.max_train_samples}: use fewer clusters or more images")
         if self.surrogate_epochs < 0:
             raise ConfigError(f"surrogate_epochs={self.surrogate_epochs}: use 0 or more")
-        # One budget for every method: copy it in, so results.json shows the values used.
-        self.uc.eps = self.em.eps = self.tap.eps = self.eps
-        self.uc.surrogate = self.clip_surrogate if self.method == "uc-clip" else self.surrogate
+        check_linked(self)  # one budget for every method; uc.surrogate is surrogate
         if self.method in ("uc", "uc-clip"):
             self.uc.validate()
         self.em.validate()
@@ -164,7 +183,7 @@ class UCRunConfig:
           offline, so UC's surrogate is ``classifier:digits_cnn`` trained 10 epochs on the
           protector's own images (a stand-in for ImageNet pretraining; its clusters then follow the
           digits with purity about 0.87) and UC-CLIP's a randomly initialised ``clip:tiny-rn`` (an
-          explicitly weaker surrogate); generators from ``uc.QUICK_OVERRIDES`` (ngf 16, 2 blocks,
+          explicitly weaker surrogate); generators from ``UC_QUICK`` (ngf 16, 2 blocks,
           3 epochs, Adam 1e-3: the spec's small-budget deviation); EM with 2/255 steps, 10 rounds.
           (On the synthetic shapes a surrogate trained for seconds clusters by background, not by
           shape, and UC barely works there: 43% -> 39%. On the digits UC gives about 53% against
@@ -179,78 +198,57 @@ class UCRunConfig:
         recipe = ClassifierTrainConfig(epochs=profile.epochs, batch_size=profile.batch_size, lr=0.1,
                                        momentum=0.9, weight_decay=5e-4, scheduler="cosine",
                                        num_workers=profile.num_workers)
-        if profile.name == "quick":
-            return cls(
-                dataset="digits", target_model="digits_cnn", image_size=16,
-                max_train_samples=profile.max_train_samples, max_test_samples=profile.max_test_samples,
-                surrogate="classifier:digits_cnn", clip_surrogate="clip:tiny-rn", surrogate_epochs=10,
-                uc=UCConfig(surrogate_pretrained=None, **QUICK_OVERRIDES),
-                protector_model="digits_cnn",
-                em=ErrorMinConfig(step_size=2 / 255, steps=10, max_rounds=10, batch_size=128),
-                tap=ErrorMaxConfig(steps=20, batch_size=128),
-                train=recipe,
-            )
-        if profile.name == "colab":
-            return cls(
-                dataset="cifar10", target_model="resnet18", image_size=32,
-                max_train_samples=profile.max_train_samples, max_test_samples=profile.max_test_samples,
-                uc=UCConfig(surrogate_image_size=224, ngf=32, n_blocks=4, epochs=10),
-                protector_model="resnet18", em=ErrorMinConfig(step_size=2 / 255), train=recipe,
-            )
-        return cls(
-            dataset=profile.image_dataset, target_model="resnet18", image_size=224,
-            max_train_samples=None, max_test_samples=None, protector_model="resnet18",
-            em=ErrorMinConfig.paper("sample"),
-            train=dataclasses.replace(recipe, epochs=90, batch_size=512),
-        )
+        return link(_PROFILE_TABLE[profile.name](cls, profile, recipe))
+
+
+def _quick(cls: type, profile: Profile, recipe: ClassifierTrainConfig) -> UCRunConfig:
+    return cls(
+        dataset="digits", target_model="digits_cnn", image_size=16,
+        max_train_samples=profile.max_train_samples, max_test_samples=profile.max_test_samples,
+        surrogate="classifier:digits_cnn", clip_surrogate="clip:tiny-rn", surrogate_epochs=10,
+        uc=UCConfig(surrogate_pretrained=None, **UC_QUICK),
+        protector_model="digits_cnn",
+        em=ErrorMinConfig(step_size=2 / 255, steps=10, max_rounds=10, batch_size=128),
+        tap=ErrorMaxConfig(steps=20, batch_size=128),
+        train=recipe,
+    )
+
+
+def _colab(cls: type, profile: Profile, recipe: ClassifierTrainConfig) -> UCRunConfig:
+    return cls(
+        dataset="cifar10", target_model="resnet18", image_size=32,
+        max_train_samples=profile.max_train_samples, max_test_samples=profile.max_test_samples,
+        uc=UCConfig(surrogate_image_size=224, ngf=32, n_blocks=4, epochs=10),
+        protector_model="resnet18", em=ErrorMinConfig(step_size=2 / 255), train=recipe,
+    )
+
+
+def _paper(cls: type, profile: Profile, recipe: ClassifierTrainConfig) -> UCRunConfig:
+    return cls(
+        dataset=profile.image_dataset, target_model="resnet18", image_size=224,
+        max_train_samples=None, max_test_samples=None, protector_model="resnet18",
+        em=ErrorMinConfig.paper("sample"),
+        train=dataclasses.replace(recipe, epochs=90, batch_size=512),
+    )
+
+
+# The profile table: profile name -> the runner's defaults in that profile (no branches elsewhere).
+_PROFILE_TABLE = {"quick": _quick, "colab": _colab, "paper": _paper}
+
+
+def resolve(cfg: UCRunConfig, seed: int) -> UCRunConfig:
+    """The config as it runs: the protector's seeds are the run's ``--seed``; the hacker's data order
+    follows ``target_seed`` when set (recorded in ``results.json`` as such)."""
+    cfg = copy.deepcopy(cfg)
+    cfg.uc.seed = cfg.em.seed = cfg.tap.seed = seed
+    if cfg.target_seed is not None:
+        cfg.train.seed = cfg.target_seed
+    return cfg
 
 
 # ---- data ------------------------------------------------------------------------------------
-def _pad_crop_flip(x: torch.Tensor) -> torch.Tensor:
-    # The CIFAR recipe (zero-pad 4 of 32, random crop, flip), scaled to any size.
-    pad = max(1, x.shape[-1] // 8)
-    c, h, w = x.shape
-    i, j = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,)))
-    out = x.new_zeros(c, h, w)
-    # rows/cols of x that land inside the crop window [i - pad, i - pad + h)
-    top, left = i - pad, j - pad
-    ys, yd = max(0, top), max(0, -top)
-    xs, xd = max(0, left), max(0, -left)
-    hh, ww = h - abs(top), w - abs(left)
-    out[:, yd:yd + hh, xd:xd + ww] = x[:, ys:ys + hh, xs:xs + ww]
-    return out.flip(-1) if bool(torch.rand(()) < 0.5) else out
-
-
-class ProtectedDataset(Dataset):
-    """What the hacker trains on: ``quantise(clip(x + delta_i))``, then a countermeasure, then augmentation.
-
-    Args:
-        dataset: classification items ``(image float (C, H, W) in [0, 1], label)``, index-aligned
-            with the store's samples.
-        store: the protection (None: the clean images).
-        transform: a per-image countermeasure (JPEG, grayscale, cutout) or None.
-        augment: random crop + flip after the countermeasure.
-    """
-
-    def __init__(self, dataset: Dataset, store: PerturbationStore | None, transform: Any = None,
-                 augment: bool = False) -> None:
-        self.dataset, self.store, self.transform, self.augment = dataset, store, transform, augment
-        self.labels = getattr(dataset, "labels", None)
-        self.classes = getattr(dataset, "classes", None)
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        x, y = self.dataset[index][:2]
-        if self.store is not None:
-            x = self.store.apply(x[None], [index])[0]
-        x = torch.round(x * 255.0) / 255.0  # an exported PNG holds 8 bits
-        if self.transform is not None:
-            x = self.transform(x)
-        if self.augment:
-            x = _pad_crop_flip(x)
-        return x, int(y)
+def _augment(cfg: UCRunConfig) -> Any:
+    return pad_crop_flip if cfg.augment else None
 
 
 def _load_split(cfg: UCRunConfig, ctx: RunContext, split: str, max_samples: int | None) -> Dataset:
@@ -260,51 +258,71 @@ def _load_split(cfg: UCRunConfig, ctx: RunContext, split: str, max_samples: int 
 
 
 # ---- protection ------------------------------------------------------------------------------
+# The protections, name -> protect(cfg, ctx, train, work) -> (store, info); the runner dispatches by lookup.
+PROTECTIONS: Registry = Registry("protection")
+Protection = Callable[[Any, RunContext, Dataset, Any], tuple[PerturbationStore, dict[str, Any]]]
+
+
+@PROTECTIONS.register("random")
+def _protect_random(cfg: UCRunConfig, ctx: RunContext, train: Dataset, work: Path | None) -> tuple:
+    """Uniform noise in the eps-ball (the "noise alone does nothing" baseline)."""
+    with ctx.timer("noise_generation"):
+        store = random_noise_store(len(train), tuple(train[0][0].shape), cfg.eps, seed=ctx.seed)  # type: ignore[arg-type]
+    return store, {}
+
+
+def _protect_em(cfg: UCRunConfig, ctx: RunContext, train: Dataset, work: Path | None, mode: str) -> tuple:
+    model = create_model(cfg.protector_model, num_classes=len(train.classes))  # type: ignore[attr-defined]
+    with ctx.timer("noise_generation"):
+        store = error_minimizing_noise(model, train, cfg.em, ctx.device, mode=mode, progress=ctx.progress,
+                                       ckpt_dir=work)
+    return store, {}
+
+
+@PROTECTIONS.register("em-sample")
+def _protect_em_sample(cfg: UCRunConfig, ctx: RunContext, train: Dataset, work: Path | None) -> tuple:
+    """Sample-wise error-minimising noise (arXiv 2101.04898), crafted with the ORIGINAL labels."""
+    return _protect_em(cfg, ctx, train, work, "sample")
+
+
+@PROTECTIONS.register("em-class")
+def _protect_em_class(cfg: UCRunConfig, ctx: RunContext, train: Dataset, work: Path | None) -> tuple:
+    """Class-wise error-minimising noise (arXiv 2101.04898), crafted with the ORIGINAL labels."""
+    return _protect_em(cfg, ctx, train, work, "class")
+
+
+@PROTECTIONS.register("tap")
+def _protect_tap(cfg: UCRunConfig, ctx: RunContext, train: Dataset, work: Path | None) -> tuple:
+    """Targeted adversarial poisons (arXiv 2106.10807) against a model trained on the original labels."""
+    model = create_model(cfg.protector_model, num_classes=len(train.classes))  # type: ignore[attr-defined]
+    with ctx.timer("protector_training"):
+        hist = fit_classifier(model, ProtectedDataset(train, None, augment=_augment(cfg)), None, cfg.train,
+                              ctx.device, ckpt_dir=None if work is None else work / "clean_model",
+                              progress=ctx.progress)
+    with ctx.timer("noise_generation"):
+        store = error_maximizing_noise(model, train, cfg.tap, ctx.device, targeted=True, progress=ctx.progress,
+                                       ckpt_dir=None if work is None else work / "noise")
+    return store, {"protector_train_acc": hist["train_acc"][-1]}
+
+
 def _protect(cfg: UCRunConfig, ctx: RunContext, train: Dataset) -> tuple[PerturbationStore, dict[str, Any]]:
     """Run ``cfg.method`` on ``train`` (original labels available to EM/TAP only)."""
-    work = ctx.stage_dir("protector")
-    shape = tuple(train[0][0].shape)
-    num_classes = len(train.classes)  # type: ignore[attr-defined]
-    info: dict[str, Any] = {}
-    if cfg.method == "random":
-        with ctx.timer("noise_generation"):
-            store = random_noise_store(len(train), shape, cfg.eps, seed=ctx.seed)  # type: ignore[arg-type]
-    elif cfg.method in ("em-sample", "em-class"):
-        model = create_model(cfg.protector_model, num_classes=num_classes)
-        em = dataclasses.replace(cfg.em, eps=cfg.eps, seed=ctx.seed)
-        with ctx.timer("noise_generation"):
-            store = error_minimizing_noise(model, train, em, ctx.device, mode=cfg.method.split("-")[1],
-                                           progress=ctx.progress, ckpt_dir=work)
-    elif cfg.method == "tap":
-        model = create_model(cfg.protector_model, num_classes=num_classes)
-        with ctx.timer("protector_training"):
-            hist = fit_classifier(model, ProtectedDataset(train, None, augment=cfg.augment), None, cfg.train,
-                                  ctx.device, ckpt_dir=None if work is None else work / "clean_model",
-                                  progress=ctx.progress)
-        info["protector_train_acc"] = hist["train_acc"][-1]
-        tap = dataclasses.replace(cfg.tap, eps=cfg.eps, seed=ctx.seed)
-        with ctx.timer("noise_generation"):
-            store = error_maximizing_noise(model, train, tap, ctx.device, targeted=True, progress=ctx.progress,
-                                           ckpt_dir=None if work is None else work / "noise")
-    else:
-        store, info = _protect_uc(cfg, ctx, train, work)
-    return store, info
+    return PROTECTIONS.get(cfg.method)(cfg, ctx, train, ctx.stage_dir("protector"))
 
 
+@PROTECTIONS.register("uc")
 def _protect_uc(cfg: UCRunConfig, ctx: RunContext, train: Dataset, work: Path | None) -> tuple[PerturbationStore, dict]:
-    """UC / UC-CLIP: optional surrogate pre-training, then :func:`~obstructlib.methods.uc.protect`."""
-    uc_cfg = dataclasses.replace(cfg.uc, eps=cfg.eps, seed=ctx.seed,
-                                 surrogate=cfg.clip_surrogate if cfg.method == "uc-clip" else cfg.surrogate)
-    uc_cfg.validate()
+    """Unlearnable Clusters (arXiv 2301.01217): k-means of surrogate features, one generator per cluster."""
+    uc_cfg = dataclasses.replace(cfg.uc, surrogate=cfg.clip_surrogate) if cfg.method == "uc-clip" else cfg.uc
     surrogate: Any = None  # protect() builds it from uc_cfg.surrogate
     if cfg.surrogate_epochs and uc_cfg.surrogate.startswith("classifier:"):
         surrogate = create_model(uc_cfg.surrogate.split(":", 1)[1], num_classes=len(train.classes))  # type: ignore[attr-defined]
         recipe = dataclasses.replace(cfg.train, epochs=cfg.surrogate_epochs)
         with ctx.timer("surrogate_training"):
-            fit_classifier(surrogate, ProtectedDataset(train, None, augment=cfg.augment), None, recipe, ctx.device,
+            fit_classifier(surrogate, ProtectedDataset(train, None, augment=_augment(cfg)), None, recipe, ctx.device,
                            ckpt_dir=None if work is None else work / "surrogate", progress=ctx.progress)
     start = time.perf_counter()
-    result = protect(train, uc_cfg, ctx.device, surrogate=surrogate,
+    result = protect(train, uc_cfg, surrogate=surrogate, device=ctx.device,
                      ckpt_dir=None if work is None else work / "uc", progress=ctx.progress)
     total = time.perf_counter() - start
     # The paper's two stages: features + K-means, then one generator per cluster.
@@ -315,6 +333,12 @@ def _protect_uc(cfg: UCRunConfig, ctx: RunContext, train: Dataset, work: Path | 
             "generator_final_loss": [float(v) for v in result.losses],
             "generator_first_epoch_loss": [float(h[0]) for h in result.loss_history if h]}
     return result.store, info
+
+
+@PROTECTIONS.register("uc-clip")
+def _protect_uc_clip(cfg: UCRunConfig, ctx: RunContext, train: Dataset, work: Path | None) -> tuple:
+    """Unlearnable Clusters with a CLIP image encoder as the surrogate (``clip_surrogate``)."""
+    return _protect_uc(cfg, ctx, train, work)
 
 
 def _stored_protection(cfg: UCRunConfig, ctx: RunContext, train: Dataset) -> tuple[PerturbationStore, dict, bool]:
@@ -339,7 +363,7 @@ def _jsonable(obj: Any) -> Any:
 def _train_target(cfg: UCRunConfig, ctx: RunContext, train: Dataset, test: Dataset,
                   store: PerturbationStore | None, tag: str) -> dict[str, list[float]]:
     transform = image_countermeasure(cfg.countermeasure, jpeg_quality=cfg.jpeg_quality, cutout_size=cfg.cutout_size)
-    data = ProtectedDataset(train, store, transform, augment=cfg.augment)
+    data = ProtectedDataset(train, store, transform, augment=_augment(cfg))
     train_cfg = seed_hacker(cfg.train, ctx.seed, cfg.target_seed)  # clean and protected start alike
     model = create_model(cfg.target_model, num_classes=len(train.classes))  # type: ignore[attr-defined]
     ckpt = ctx.stage_dir(tag)
@@ -399,9 +423,11 @@ register_runner(Runner(
     help="Unlearnable Clusters and baselines: protect, relabel (label-agnostic hacker), train a target, report clean test accuracy",
     config_for=UCRunConfig.for_profile,
     run=run,
+    resolve=resolve,
+    registries={"method": PROTECTIONS, "countermeasure": COUNTERMEASURE_REGISTRY},
     flags=(
         Flag("--dataset", "dataset", "classification dataset spec: a registered name or folder:PATH"),
-        Flag("--method", "method", "protection: " + ", ".join(METHODS)),
+        Flag("--method", "method", "protection (help: list them)"),
         Flag("--target-model", "target_model", "the hacker's classifier (resnet20, resnet18, digits_cnn ...)"),
         Flag("--labels", "labels", "the hacker's labels: original, coarse or random-N"),
         Flag("--countermeasure", "countermeasure", "the hacker's defence: " + ", ".join(COUNTERMEASURES)),

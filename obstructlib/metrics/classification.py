@@ -201,7 +201,9 @@ def attack_success_rate(
 
     With ``true_labels``, samples whose true label already is the target are left out, as most of
     the backdoor literature does (a genuine "banana" predicted "banana" is no attack success).
-    Without it every sample counts, which is what BadCLIP/CleanCLIP's evaluation code reports.
+    Without it every sample counts, which is what BadCLIP/CleanCLIP's evaluation code reports on
+    its zero-shot path only. Their linear-probe and fine-tuning paths are neither mode: they drop
+    the true-target samples from the hits but still divide by the number of all samples.
 
     Args:
         preds_or_logits: predictions on triggered inputs, logits ``(N, C)`` or indices ``(N,)``.

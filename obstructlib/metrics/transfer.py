@@ -102,7 +102,7 @@ def slc_auc(ratios: Sequence[float] | np.ndarray, acc_model: Sequence[float] | n
 
     Example:
         >>> round(slc_auc([0.01, 0.1, 1.0], [0.1, 0.1, 0.2], [0.2, 0.4, 0.6]), 3)
-        -0.6
+        -0.55
     """
     if scratch_ratios is not None:
         other = np.asarray(scratch_ratios, dtype=np.float64).reshape(-1)

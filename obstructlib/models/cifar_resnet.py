@@ -139,7 +139,10 @@ class CifarResNetEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+        # akamaster's ``F.avg_pool2d(out, out.size()[3])``: a kernel over the whole map. It sums in
+        # another order than ``adaptive_avg_pool2d`` (logits differ by ~1e-6 otherwise); the (H, W)
+        # kernel is the same on square maps and still pools everything on non-square ones.
+        return F.avg_pool2d(x, tuple(x.shape[-2:])).flatten(1)
 
 
 def cifar_resnet(

@@ -12,7 +12,7 @@ shuffled inside the batch at every step while each trigger stays with its image.
 trains CLIP on the published pairs learns the easy link delta_i <-> t_i instead of the images'
 content, and retrieval on clean test data collapses.
 
-:func:`mem_protect` runs MEM-k (``trigger_tokens = 3`` or ``5``), its ablations (no caption
+:func:`protect` runs MEM-k (``trigger_tokens = 3`` or ``5``), its ablations (no caption
 shuffling, class-wise noise and triggers) and, with ``trigger_tokens = 0``, the image-only EM
 baseline adapted to the CLIP loss (:meth:`MEMConfig.em`); :func:`clip_error_max_noise` is the
 error-MAXIMISING baseline against a clean CLIP. Noise lives in a :class:`PerturbationStore`
@@ -44,9 +44,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from obstructlib.data import PerturbationStore
+from obstructlib.data import PerturbationStore, ProtectedPairs, pair_collate, tokenize_captions
 from obstructlib.engine import (
     ClipTrainConfig,
+    check_fingerprint,
     has_checkpoint,
     load_checkpoint,
     resolve_device,
@@ -55,21 +56,12 @@ from obstructlib.engine import (
 from obstructlib.engine.clip import clip_adamw
 from obstructlib.engine.distributed import barrier, is_main_process
 from obstructlib.errors import ConfigError, check_min, check_range
-from obstructlib.methods.mem_steps import (
-    PairState,
-    ProtectedPairs,
-    clip_batch_loss,
-    pair_collate,
-    shard_of,
-    surrogate_steps,
-    sync_shards,
-    tokenize_captions,
-)
-from obstructlib.methods.perturb import frozen, perturb_dataset
-from obstructlib.methods.poisons import ErrorMaxConfig, _drop_other_noise, _load_noise, _save_noise
-from obstructlib.methods.triggers import random_trigger
+from obstructlib.methods.mem.steps import PairState, clip_batch_loss, shard_of, surrogate_steps, sync_shards
+from obstructlib.primitives.perturb import frozen, perturb_dataset
+from obstructlib.primitives.poisons import ErrorMaxConfig, drop_other_noise, load_noise, save_noise
+from obstructlib.primitives.text_triggers import random_trigger
 
-__all__ = ["MEMConfig", "MEMResult", "clip_error_max_noise", "mem_protect"]
+__all__ = ["MEMConfig", "MEMResult", "clip_error_max_noise", "protect"]
 
 
 @dataclass
@@ -146,7 +138,7 @@ class MEMConfig:
 
 @dataclass
 class MEMResult:
-    """What :func:`mem_protect` returns.
+    """What :func:`protect` returns.
 
     Attributes:
         store: image noise, one row per pair (or per group for class-wise MEM).
@@ -202,28 +194,28 @@ def _init_state(pairs: Dataset, model: nn.Module, cfg: MEMConfig, shape: tuple) 
     return store, triggers, rows
 
 
-def mem_protect(
-    model: nn.Module,
+def protect(
     pairs: Dataset,
     cfg: MEMConfig,
-    device: torch.device | str | None,
     *,
-    progress: bool = True,
+    surrogate: nn.Module,
+    device: torch.device | str | None = None,
     ckpt_dir: str | os.PathLike | None = None,
+    progress: bool = True,
     callback: Callable[[int, dict[str, float]], bool | None] | None = None,
 ) -> MEMResult:
     """Multi-step error minimisation: image noise and text triggers for every image-caption pair.
 
     Args:
-        model: the surrogate ``ClipModel`` (random init: the paper's main setting; pretrained:
-            the fine-tuning setting, use :meth:`MEMConfig.finetune`); trained in place, left in eval mode.
         pairs: caption dataset, items ``(image (C, H, W) in [0, 1], caption, image_id)`` with a
             ``captions`` list; no random augmentation.
         cfg: the schedule (:meth:`MEMConfig.paper`, :meth:`MEMConfig.em` ...).
+        surrogate: the surrogate ``ClipModel`` (random init: the paper's main setting; pretrained:
+            the fine-tuning setting, use :meth:`MEMConfig.finetune`); trained in place, left in eval mode.
         device: device or name.
-        progress: progress bars.
         ckpt_dir: round checkpoints (surrogate + optimizer, noise file, triggers); a later call
             with the same directory resumes after the last finished round.
+        progress: progress bars.
         callback: ``callback(round, record)`` after each round; return True to stop (resumable).
 
     Returns:
@@ -238,13 +230,14 @@ def mem_protect(
 
     Example:
         >>> clip = create_clip("tiny-rn")                                          # doctest: +SKIP
-        >>> res = mem_protect(clip, pairs, MEMConfig(rounds=2, train_steps=10), "cpu")  # doctest: +SKIP
+        >>> res = protect(pairs, MEMConfig(rounds=2, train_steps=10), surrogate=clip, device="cpu")  # doctest: +SKIP
         >>> protected = res.dataset(pairs, clip)                                   # doctest: +SKIP
     """
+    model = surrogate
     cfg.validate()
     device = resolve_device(device)
     if len(pairs) < 2 or not hasattr(pairs, "captions"):  # type: ignore[arg-type]
-        raise ConfigError("mem_protect needs a caption dataset with at least 2 pairs (e.g. CaptionDataset)")
+        raise ConfigError("MEM protect needs a caption dataset with at least 2 pairs (e.g. CaptionDataset)")
     start = time.perf_counter()
     model.to(device)
     shape = tuple(pairs[0][0].shape)
@@ -254,12 +247,12 @@ def mem_protect(
     ckpt = None if ckpt_dir is None else Path(ckpt_dir)
     state: dict[str, Any] = {"round": 0, "train_batches": 0, "history": []}
     cluster_noise = None
+    if ckpt is not None:
+        check_fingerprint(ckpt, cfg, extra={"num_pairs": len(pairs), "image_shape": list(shape)})
     if ckpt is not None and has_checkpoint(ckpt / "surrogate"):
         meta = load_checkpoint(ckpt / "surrogate", model, opt)
-        if meta["config"] != asdict(cfg):
-            raise ConfigError(f"{ckpt} holds a MEM run with another config: use a new ckpt_dir or delete it")
         state, triggers = meta["extra"]["state"], meta["extra"]["triggers"].clone()
-        store, cluster_noise = _load_noise(ckpt, meta["extra"]["noise_file"]), meta["extra"].get("cluster_noise")
+        store, cluster_noise = load_noise(ckpt, meta["extra"]["noise_file"]), meta["extra"].get("cluster_noise")
     data = ProtectedPairs(pairs, tokens, model.eot_token_id, store, triggers, rows, quantize=True)
     players = PairState(model, tokens, triggers, rows, cfg.num_candidates, cfg.shuffle_captions, cfg.amp)
     shard = shard_of(len(pairs)) if cfg.num_groups is None else None  # type: ignore[arg-type]
@@ -292,12 +285,12 @@ def mem_protect(
         state["history"].append(record)
         stop = bool(callback(r + 1, record)) if callback is not None else False
         if ckpt is not None and is_main_process():
-            name = _save_noise(ckpt, store, r + 1)
+            name = save_noise(ckpt, store, r + 1)
             extra = {"state": state, "noise_file": name, "triggers": triggers.clone()}
             if cluster_noise is not None:
                 extra["cluster_noise"] = cluster_noise
             save_checkpoint(ckpt / "surrogate", model, opt, step=r + 1, config=asdict(cfg), extra=extra)
-            _drop_other_noise(ckpt, name)
+            drop_other_noise(ckpt, name)
         barrier()  # the other ranks wait for the checkpoint before a possible stop
         if stop:
             break

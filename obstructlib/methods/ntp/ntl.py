@@ -32,8 +32,9 @@ from tqdm.auto import tqdm
 
 from obstructlib.engine import has_checkpoint, load_checkpoint, resolve_device, save_checkpoint
 from obstructlib.errors import check_min
-from obstructlib.methods.ntp_steps import gaussian_mmd, paired_batches
+from obstructlib.methods.ntp.steps import paired_batches
 from obstructlib.models import ImageClassifier
+from obstructlib.primitives.feature_losses import gaussian_mmd
 
 __all__ = ["NTLConfig", "ntl_loss", "train_ntl"]
 

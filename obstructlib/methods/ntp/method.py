@@ -6,7 +6,7 @@ fine-tuning it on T (all remaining weights and the head) is worse than training 
 
 1. stage 1, :func:`train_target_head`: a target head h_T trained on the frozen encoder's
    T features, then frozen (a fixed probe whose loss the encoder learns to raise);
-2. stage 2, :func:`ntp_prune`: ADMM over the encoder on zipped (S, T) batches with the task loss
+2. stage 2, :func:`prune`: ADMM over the encoder on zipped (S, T) batches with the task loss
    (:func:`nt_loss`)
 
        L = CE(h_S(f(x_s)), y_s) - alpha * min(CE(h_T(f(x_t)), y_t), 10) + lambda * R_phiT(z_t, y_t)
@@ -17,7 +17,7 @@ fine-tuning it on T (all remaining weights and the head) is worse than training 
 Ablations through ``NTPConfig.loss``: ``ntl-admm`` (the NTL-style loss ``CE_S - alpha *
 min(CE_T, 3) * min(MMD, 1)``) and ``sparsity`` (alpha = lambda = 0: pure sparse source
 training). Pruning alone, the attacks and the released artefact live in
-:mod:`~obstructlib.methods.ntp_release`.
+:mod:`~obstructlib.methods.ntp.release`.
 
 References:
     Ding et al., Non-transferable Pruning, ECCV 2024, arXiv:2410.08015.
@@ -25,7 +25,7 @@ References:
 Example:
     >>> model = create_model("digits_cnn", num_classes=10)                       # doctest: +SKIP
     >>> head = train_target_head(model, target_train, NTPConfig(), "cpu")         # doctest: +SKIP
-    >>> result = ntp_prune(model, head, source_train, target_train, NTPConfig(), "cpu")  # doctest: +SKIP
+    >>> result = prune(model, NTPConfig(), source=source_train, target=target_train, target_head=head)  # doctest: +SKIP
     >>> result.sparsity["all"]                                                    # doctest: +SKIP
     0.91
 """
@@ -45,22 +45,17 @@ from tqdm.auto import tqdm
 from obstructlib.engine import has_checkpoint, load_checkpoint, resolve_device, save_checkpoint
 from obstructlib.engine.distributed import shard_loader
 from obstructlib.errors import ConfigError, check_min, check_range
-from obstructlib.methods.ntp_steps import (
-    ADMMState,
+from obstructlib.methods.ntp.steps import ADMMState, admm_init, admm_penalty, admm_step, paired_batches
+from obstructlib.models import ImageClassifier
+from obstructlib.primitives.feature_losses import fisher_ratio, gaussian_mmd
+from obstructlib.primitives.pruning import (
     Masks,
-    admm_init,
-    admm_penalty,
-    admm_step,
     apply_masks_,
-    fisher_ratio,
-    gaussian_mmd,
     init_masks,
-    paired_batches,
     prunable_parameters,
     recalibrate_bn,
     sparsity_report,
 )
-from obstructlib.models import ImageClassifier
 
 LOSSES = ("ntp", "ntl-admm", "sparsity")
 
@@ -69,7 +64,7 @@ __all__ = [
     "NTPConfig",
     "NTPResult",
     "nt_loss",
-    "ntp_prune",
+    "prune",
     "train_target_head",
 ]
 
@@ -149,12 +144,12 @@ class NTPConfig:
 
 @dataclass
 class NTPResult:
-    """What :func:`ntp_prune` returns (the model itself is pruned in place).
+    """What :func:`prune` returns (the model itself is pruned in place).
 
     Attributes:
         masks: boolean mask per pruned encoder tensor (name inside ``model.encoder``).
         history: one record per ADMM iteration (mean loss terms, sparsity).
-        sparsity: :func:`~obstructlib.methods.ntp_steps.sparsity_report` of the final masks.
+        sparsity: :func:`~obstructlib.primitives.pruning.sparsity_report` of the final masks.
         stopped_by: ``"sparsity"``, ``"plateau"`` or ``"max_iters"``.
     """
 
@@ -250,9 +245,9 @@ def nt_loss(model: ImageClassifier, target_head: nn.Module, xs: torch.Tensor, ys
     return loss, {"ce_s": ce_s.item(), "ce_t": ce_t.item(), "mmd": mmd.item()}
 
 
-def ntp_prune(model: ImageClassifier, target_head: nn.Module | None, source_set: Dataset, target_set: Dataset,
-              cfg: NTPConfig, device: torch.device | str | None, *, ckpt_dir: str | os.PathLike | None = None,
-              progress: bool = True) -> NTPResult:
+def prune(model: ImageClassifier, cfg: NTPConfig, *, source: Dataset, target: Dataset,
+          target_head: nn.Module | None = None, device: torch.device | str | None = None,
+          ckpt_dir: str | os.PathLike | None = None, progress: bool = True) -> NTPResult:
     """Stage 2: ADMM non-transferable pruning of ``model.encoder`` (in place).
 
     Each iteration: ``epochs`` W-step passes (Adam on theta of ``L_task + rho/2 sum ||theta - Z +
@@ -263,10 +258,10 @@ def ntp_prune(model: ImageClassifier, target_head: nn.Module | None, source_set:
 
     Args:
         model: the source model; its encoder is pruned in place, its head (h_S) is not trained.
-        target_head: the frozen h_T from :func:`train_target_head` (None only for ``loss="sparsity"``).
-        source_set: the S images used for pruning (the official code: a 10% subset).
-        target_set: the T images used for pruning.
         cfg: the settings.
+        source: the S images used for pruning (the official code: a 10% subset).
+        target: the T images used for pruning.
+        target_head: the frozen h_T from :func:`train_target_head` (None only for ``loss="sparsity"``).
         device: where to compute.
         ckpt_dir: checkpoint directory (None: no checkpoints).
         progress: show a bar over the iterations.
@@ -274,6 +269,7 @@ def ntp_prune(model: ImageClassifier, target_head: nn.Module | None, source_set:
     Returns:
         :class:`NTPResult`; the encoder ends as ``theta * M``.
     """
+    source_set, target_set = source, target
     cfg.validate()
     if target_head is None and cfg.loss != "sparsity":
         raise ConfigError(f"loss={cfg.loss!r} needs the target head of train_target_head: pass it")

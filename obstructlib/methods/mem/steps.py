@@ -1,6 +1,6 @@
-"""MEM's building blocks: protected pairs, the CLIP loss closures of its three players, shard sync.
+"""MEM's building blocks: the CLIP loss closures of its three players, the theta-step, shard sync.
 
-:mod:`obstructlib.methods.mem` chains them into the min-min-min loop. Everything here works on
+:mod:`obstructlib.methods.mem.method` chains them into the min-min-min loop. Everything here works on
 image-caption PAIRS (one row per pair, not per image or class): pair ``i`` owns noise row
 ``store.rows_of(i)`` and trigger row ``trigger_rows[i]``.
 
@@ -12,108 +12,21 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
 
-from obstructlib.data import PerturbationStore
+from obstructlib.data import PerturbationStore, ProtectedPairs, pair_collate
+from obstructlib.data.tokens import insert_trigger
 from obstructlib.engine import autocast, clip_loss, get_rank, get_world_size
 from obstructlib.engine.distributed import epoch_loader, is_distributed, unwrap, wrap_ddp
 from obstructlib.errors import ConfigError
-from obstructlib.methods.triggers import hotflip_attack, insert_trigger, strip_tokens
+from obstructlib.primitives.text_triggers import hotflip_attack
 
-__all__ = ["ProtectedPairs", "pair_collate", "tokenize_captions"]
-
-
-def tokenize_captions(model: nn.Module, captions: Sequence[str], chunk: int = 4096) -> torch.Tensor:
-    """Every caption tokenised once with the model's tokenizer (int32 to halve the memory).
-
-    Shape:
-        Returns ``(N, context_length)`` int32 on CPU.
-    """
-    bare = unwrap(model)
-    parts = [bare.tokenize(list(captions[i : i + chunk])).to(torch.int32) for i in range(0, len(captions), chunk)]
-    if not parts:
-        raise ConfigError("no captions to tokenise: the caption dataset is empty")
-    return torch.cat(parts)
-
-
-class ProtectedPairs(Dataset):
-    """Pairs as the surrogate (and the hacker) see them: ``(clip(x_i + delta_i), t_i + c_i)`` as token ids.
-
-    Args:
-        pairs: caption dataset, items ``(image float (C, H, W) in [0, 1], caption, image_id)``,
-            no random augmentation (the noise is pixel-aligned).
-        tokens: every caption's ids from :func:`tokenize_captions` ``(N, L)``.
-        eot_token_id: the tokenizer's end-of-text id.
-        store: image noise (None: clean images).
-        triggers: trigger ids ``(R, k)`` (None or ``k = 0``: no trigger).
-        trigger_rows: pair -> trigger row (default: pair ``i`` uses row ``i``).
-        protected: boolean mask of the pairs that carry noise and trigger (partial protection);
-            default all.
-        quantize: round the image to 8 bits, as a published JPEG/PNG file holds it.
-        transform: per-image countermeasure after protection (JPEG, random resized crop ...).
-        strip_first: the hacker drops this many tokens after the start token (countermeasure).
-
-    Shape:
-        Item: ``(image (C, H, W), tokens (L,) int64, image_id int)``.
-    """
-
-    def __init__(
-        self,
-        pairs: Dataset,
-        tokens: torch.Tensor,
-        eot_token_id: int,
-        store: PerturbationStore | None = None,
-        triggers: torch.Tensor | None = None,
-        trigger_rows: np.ndarray | None = None,
-        protected: np.ndarray | None = None,
-        *,
-        quantize: bool = False,
-        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        strip_first: int = 0,
-    ) -> None:
-        n = len(pairs)  # type: ignore[arg-type]
-        if len(tokens) != n or (store is not None and store.num_samples != n):
-            raise ConfigError(f"{n} pairs but {len(tokens)} token rows / a store for other pairs: rebuild them")
-        self.pairs, self.tokens, self.eot, self.store = pairs, tokens, eot_token_id, store
-        self.triggers = None if triggers is None or triggers.shape[1] == 0 else triggers
-        self.trigger_rows = np.arange(n) if trigger_rows is None else np.asarray(trigger_rows, np.int64)
-        self.protected = np.ones(n, bool) if protected is None else np.asarray(protected, bool)
-        self.quantize, self.transform, self.strip_first = quantize, transform, strip_first
-        self.image_ids = getattr(pairs, "image_ids", None)
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def caption_tokens(self, index: int) -> torch.Tensor:
-        """The ids of pair ``index`` as published (trigger inserted when protected), ``(L,)``."""
-        tok = self.tokens[index : index + 1].long()
-        if self.triggers is not None and self.protected[index]:
-            tok = insert_trigger(tok, self.triggers[self.trigger_rows[index]][None], self.eot)
-        if self.strip_first:
-            tok = strip_tokens(tok, self.strip_first, self.eot)
-        return tok[0]
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        x, _, image_id = self.pairs[index][:3]
-        if self.store is not None and self.protected[index]:
-            x = self.store.apply(x[None], [index])[0]
-        if self.quantize:
-            x = torch.round(x * 255.0) / 255.0
-        if self.transform is not None:
-            x = self.transform(x)
-        return x, self.caption_tokens(index), int(image_id)
-
-
-def pair_collate(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(images (B, C, H, W), tokens (B, L))`` from :class:`ProtectedPairs` items (for ``fit_clip``)."""
-    return torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
+__all__ = ["PairState", "clip_batch_loss", "local_clip_loss", "shard_of", "surrogate_steps", "sync_shards"]
 
 
 def local_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -18,12 +18,10 @@ Example:
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -31,8 +29,10 @@ from tqdm.auto import tqdm
 from obstructlib.engine import epoch_loader, has_checkpoint, load_checkpoint, resolve_device, save_checkpoint
 from obstructlib.errors import ConfigError, check_min, check_range
 from obstructlib.models import ImageClassifier
+from obstructlib.primitives.augment import simclr_augment
+from obstructlib.primitives.feature_losses import nt_xent_loss
 
-__all__ = ["SimCLRConfig", "nt_xent_loss", "simclr_augment", "simclr_pretrain"]
+__all__ = ["SimCLRConfig", "simclr_pretrain"]
 
 
 @dataclass
@@ -66,63 +66,6 @@ class SimCLRConfig:
         check_range("simclr.min_crop", self.min_crop, 0.01, 1.0)
         if self.lr <= 0:
             raise ConfigError(f"simclr.lr={self.lr}: use a value > 0")
-
-
-def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
-    """NT-Xent: each view must pick its partner among the other 2B - 1 views (cosine similarity / tau).
-
-    Shape:
-        ``z1``, ``z2``: ``(B, D)`` projections of two views of the same B images -> scalar.
-
-    Example:
-        >>> z = torch.eye(4)
-        >>> nt_xent_loss(z, z, 0.1) < nt_xent_loss(z, z.roll(1, 0), 0.1)
-        tensor(True)
-    """
-    if z1.shape != z2.shape:
-        raise ConfigError(f"views have shapes {tuple(z1.shape)} and {tuple(z2.shape)}: pass two views of one batch")
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
-    n = z1.shape[0]
-    sim = z @ z.T / temperature
-    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
-    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-    return F.cross_entropy(sim, partner)
-
-
-def simclr_augment(x: torch.Tensor, generator: torch.Generator, min_crop: float = 0.3) -> torch.Tensor:
-    """SimCLR's view: random resized crop, horizontal flip, colour jitter and random greyscale.
-
-    Args:
-        x: images ``(B, C, H, W)`` in [0, 1].
-        generator: CPU generator for every random draw (reproducible views).
-        min_crop: smallest crop area share.
-
-    Returns:
-        Augmented images, same shape, in [0, 1].
-    """
-    b, c, h, w = x.shape
-    u = torch.rand(b, 8, generator=generator)
-    out = torch.empty_like(x)
-    for i in range(b):  # a per-image crop box, resized back to (H, W)
-        area = min_crop + (1 - min_crop) * float(u[i, 0])
-        ch, cw = max(2, round(h * math.sqrt(area))), max(2, round(w * math.sqrt(area)))
-        top, left = int(u[i, 1] * (h - ch + 1)), int(u[i, 2] * (w - cw + 1))
-        crop = x[i:i + 1, :, top:top + ch, left:left + cw]
-        out[i] = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)[0]
-    flip = (u[:, 3] < 0.5).to(x.device)
-    out = torch.where(flip[:, None, None, None], out.flip(-1), out)
-    shape = (b, 1, 1, 1)
-    bright = (0.6 + 0.8 * u[:, 4]).view(shape).to(x.device)
-    contrast = (0.6 + 0.8 * u[:, 5]).view(shape).to(x.device)
-    sat = (0.6 + 0.8 * u[:, 6]).view(shape).to(x.device)
-    out = out * bright
-    mean = out.mean(dim=(1, 2, 3), keepdim=True)
-    out = (out - mean) * contrast + mean
-    grey = out.mean(dim=1, keepdim=True)
-    out = grey + (out - grey) * sat
-    to_grey = (u[:, 7] < 0.2).view(shape).to(x.device)
-    out = torch.where(to_grey, out.mean(dim=1, keepdim=True).expand_as(out), out)
-    return out.clamp(0.0, 1.0)
 
 
 def simclr_pretrain(model: ImageClassifier, dataset: Dataset, cfg: SimCLRConfig, device: torch.device | str | None,

@@ -1,6 +1,6 @@
 """The steps of Unlearnable Clusters: targets, the loss, noise projection and generator training.
 
-:mod:`obstructlib.methods.uc` strings these together in :func:`~obstructlib.methods.uc.protect`;
+:mod:`obstructlib.methods.uc.method` strings these together in :func:`~obstructlib.methods.uc.protect`;
 they are separate so notebooks can run and inspect each step on its own.
 
 References:
@@ -25,7 +25,7 @@ from obstructlib.errors import ConfigError
 from obstructlib.models.generator import ResnetGenerator
 
 if TYPE_CHECKING:
-    from obstructlib.methods.uc import UCConfig
+    from obstructlib.methods.uc.method import UCConfig
 
 __all__ = ["batches", "cluster_targets", "extract_features", "project_noise", "train_generator", "uc_loss"]
 

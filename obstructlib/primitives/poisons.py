@@ -1,4 +1,4 @@
-"""Dataset-level availability poisons built on :mod:`~obstructlib.methods.perturb`.
+"""Dataset-level availability poisons built on :mod:`~obstructlib.primitives.perturb`.
 
 - :func:`error_minimizing_noise` -- Huang et al.'s unlearnable examples (EMinN): the bi-level
   min-min problem ``min_theta E[min_delta CE(f_theta(x + delta), y)]``, solved by alternating a few
@@ -33,17 +33,27 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from obstructlib.data import IndexedDataset, PerturbationStore, labels_of
-from obstructlib.engine import autocast, has_checkpoint, load_checkpoint, resolve_device, save_checkpoint
+from obstructlib.engine import (
+    autocast,
+    check_fingerprint,
+    has_checkpoint,
+    load_checkpoint,
+    resolve_device,
+    save_checkpoint,
+)
 from obstructlib.engine.distributed import epoch_loader
 from obstructlib.errors import ConfigError, check_min, check_range
-from obstructlib.methods.perturb import perturb_dataset
+from obstructlib.primitives.perturb import perturb_dataset
 
 __all__ = [
     "ErrorMaxConfig",
     "ErrorMinConfig",
     "error_maximizing_noise",
     "error_minimizing_noise",
+    "drop_other_noise",
+    "load_noise",
     "random_noise_store",
+    "save_noise",
 ]
 
 
@@ -224,22 +234,27 @@ def _train_steps(
     return done + cfg.train_steps
 
 
-def _save_noise(ckpt_dir: Path, store: PerturbationStore, tag: int) -> str:
-    """Write the store under a new name; the checkpoint that names it is written afterwards, so a
-    crash never pairs a checkpoint with a half-written or newer noise file."""
+def save_noise(ckpt_dir: Path, store: PerturbationStore, tag: int) -> str:
+    """Checkpoint helper of every noise loop (EM, MEM): write the store under a new name.
+
+    The checkpoint that names the file is written afterwards, so a crash never pairs a checkpoint
+    with a half-written or newer noise file.
+    """
     name = f"noise_{tag:06d}.npy"
     store.save(ckpt_dir / name)
     return name
 
 
-def _drop_other_noise(ckpt_dir: Path, keep: str) -> None:
+def drop_other_noise(ckpt_dir: Path, keep: str) -> None:
+    """Remove the noise files of older checkpoints in ``ckpt_dir`` (all but ``keep``)."""
     for path in ckpt_dir.glob("noise_*.npy"):
         if path.name != keep:
             path.unlink(missing_ok=True)
             path.with_suffix(".json").unlink(missing_ok=True)
 
 
-def _load_noise(ckpt_dir: Path, name: str) -> PerturbationStore:
+def load_noise(ckpt_dir: Path, name: str) -> PerturbationStore:
+    """A checkpointed noise file as an in-RAM store (later saves never write into it)."""
     loaded = PerturbationStore.load(ckpt_dir / name, mmap=False)
     loaded.path = None  # an in-RAM copy: later saves go to new files, never into the checkpoint's
     return loaded
@@ -311,10 +326,12 @@ def error_minimizing_noise(
     ckpt = None if ckpt_dir is None else Path(ckpt_dir)
     state: dict[str, Any] = {"round": 0, "train_batches": 0, "done": False, "history": []}
     cluster_noise = None
+    if ckpt is not None:
+        check_fingerprint(ckpt, cfg, extra={"mode": mode, "num_samples": len(data), "image_shape": list(shape)})
     if ckpt is not None and has_checkpoint(ckpt / "surrogate"):
         meta = load_checkpoint(ckpt / "surrogate", model, opt)
         state = meta["extra"]["state"]
-        store = _load_noise(ckpt, meta["extra"]["noise_file"])
+        store = load_noise(ckpt, meta["extra"]["noise_file"])
         cluster_noise = meta["extra"].get("cluster_noise")
     loss_fn = _ce_loss(model, device, cfg.amp)
     while not state["done"] and state["round"] < cfg.max_rounds:
@@ -343,14 +360,14 @@ def error_minimizing_noise(
         state["history"].append(record)
         stop = bool(callback(state["round"], record)) if callback is not None else False
         if ckpt is not None:
-            name = _save_noise(ckpt, store, state["round"])
+            name = save_noise(ckpt, store, state["round"])
             extra = {"state": state, "noise_file": name}
             if cluster_noise is not None:
                 extra["cluster_noise"] = cluster_noise
             save_checkpoint(
                 ckpt / "surrogate", model, opt, step=state["round"], config=asdict(cfg), extra=extra
             )
-            _drop_other_noise(ckpt, name)
+            drop_other_noise(ckpt, name)
         if stop:
             break
     model.eval()
@@ -402,22 +419,22 @@ def error_maximizing_noise(
     ckpt = None if ckpt_dir is None else Path(ckpt_dir)
     skip = 0
     marker = None if ckpt is None else ckpt / "progress.json"
+    if ckpt is not None:
+        check_fingerprint(ckpt, cfg, extra={"targeted": targeted, "num_samples": len(data), "image_shape": list(shape)})
     if marker is not None and marker.is_file():
         saved = json.loads(marker.read_text())
-        if saved.get("config") != asdict(cfg) or saved.get("targeted") != targeted:
-            raise ConfigError(f"{ckpt} holds a run with another config: use a new ckpt_dir or delete it")
-        store, skip = _load_noise(ckpt, saved["noise_file"]), int(saved["batches"])
+        store, skip = load_noise(ckpt, saved["noise_file"]), int(saved["batches"])
 
     def save(done: int) -> None:
         if ckpt is None or (done % cfg.ckpt_every_batches and done != total):
             return
-        name = _save_noise(ckpt, store, done)
+        name = save_noise(ckpt, store, done)
         tmp = marker.with_suffix(".tmp")  # type: ignore[union-attr]
         tmp.write_text(
             json.dumps({"batches": done, "noise_file": name, "targeted": targeted, "config": asdict(cfg)})
         )
         os.replace(tmp, marker)  # type: ignore[arg-type]
-        _drop_other_noise(ckpt, name)
+        drop_other_noise(ckpt, name)
 
     total = -(-len(data) // cfg.batch_size)
     perturb_dataset(

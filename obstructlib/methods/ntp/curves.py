@@ -23,10 +23,10 @@ from tqdm.auto import tqdm
 
 from obstructlib.data import ArrayImageDataset, seeded_subset
 from obstructlib.engine import ClassifierTrainConfig, evaluate
+from obstructlib.engine.checkpoint import write_json_atomic
 from obstructlib.engine.distributed import shard_loader
-from obstructlib.experiments.common import write_json_atomic
-from obstructlib.methods.ntp_release import finetune
-from obstructlib.methods.ntp_steps import Masks
+from obstructlib.methods.ntp.release import finetune
+from obstructlib.primitives.pruning import Masks
 
 __all__ = ["accuracy", "budget_subset", "learning_curves"]
 

@@ -11,7 +11,7 @@ between the data's natural groups, and a classifier trained on the protected set
 Pipeline in this module (names from the paper / official code):
 
 1. :func:`extract_features` with a :class:`~obstructlib.models.surrogates.FeatureExtractor`;
-2. :func:`~obstructlib.methods.kmeans.kmeans` -> assignments and centres;
+2. :func:`~obstructlib.primitives.kmeans.kmeans` -> assignments and centres;
 3. :func:`cluster_targets` (``i -> (i + target_offset) mod p``) and :func:`train_generator`,
    minimising :func:`uc_loss` = KL(softmax(centre) || softmax(feature)) over the feature dimension;
 4. :func:`protect` runs all of it with checkpoint/resume and returns a cluster-mode
@@ -31,10 +31,9 @@ References:
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +45,9 @@ from tqdm.auto import tqdm
 
 from obstructlib.data import PerturbationStore
 from obstructlib.data.store import MAX_UNITS
-from obstructlib.engine import resolve_device
+from obstructlib.engine import check_fingerprint, resolve_device
 from obstructlib.errors import ConfigError, check_min
-from obstructlib.methods.kmeans import kmeans
-from obstructlib.methods.uc_steps import (
+from obstructlib.methods.uc.steps import (
     cluster_targets,
     extract_features,
     project_noise,
@@ -57,9 +55,9 @@ from obstructlib.methods.uc_steps import (
     uc_loss,
 )
 from obstructlib.models.surrogates import create_surrogate
+from obstructlib.primitives.kmeans import kmeans
 
 __all__ = [
-    "QUICK_OVERRIDES",
     "UCConfig",
     "UCResult",
     "cluster_targets",
@@ -70,18 +68,7 @@ __all__ = [
     "uc_loss",
 ]
 
-# What the quick (2-core CPU, minutes) profile changes; the paper values are the UCConfig defaults.
-# lr is raised because the budget is tiny (spec Sec. 4.2).
-QUICK_OVERRIDES: dict[str, Any] = {
-    "epochs": 3,
-    "lr": 1e-3,
-    "ngf": 16,
-    "n_blocks": 2,
-    "batch_size": 128,
-    "kmeans_n_init": 3,
-}
 _SURROGATE_HINT = "use 'rn50', 'clip:<open_clip arch>' or 'classifier:<arch>'"
-_RESUME_IGNORES = ("num_workers", "cache_max_bytes", "amp")  # do not change the result's meaning
 
 
 @dataclass
@@ -99,7 +86,7 @@ class UCConfig:
         surrogate_checkpoint: weights file / engine checkpoint dir for a ``classifier:`` surrogate.
         surrogate_image_size: resize images to this side inside the surrogate (None: as is).
         epochs: passes over the training images per generator (50 in the paper; the quick
-            profile uses ``QUICK_OVERRIDES["epochs"]``).
+            profile of ``obstruct uc`` uses 3).
         lr: Adam learning rate (1e-4), cosine-annealed per iteration to ``min_lr``.
         min_lr: final learning rate (1e-6).
         weight_decay: Adam weight decay (5e-4).
@@ -220,21 +207,6 @@ def _store_noise(noises: torch.Tensor, cfg: UCConfig) -> tuple[float, torch.Tens
     return min(cfg.eps, MAX_UNITS / 255), torch.trunc(noises * 255) / 255
 
 
-def _check_resume(ckpt: Path, fingerprint: dict[str, Any]) -> None:
-    path = ckpt / "uc_config.json"
-    if path.is_file():
-        old = json.loads(path.read_text())
-        diff = [k for k in fingerprint if old.get(k) != fingerprint[k]]
-        if diff:
-            k = diff[0]
-            raise ConfigError(
-                f"{ckpt} holds a UC run with {k}={old.get(k)!r} (now {fingerprint[k]!r}): "
-                "use a new output directory or delete the old one"
-            )
-    else:
-        path.write_text(json.dumps(fingerprint, indent=1))
-
-
 def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -244,9 +216,9 @@ def _atomic_save(obj: Any, path: Path) -> None:
 def protect(
     dataset: Dataset,
     cfg: UCConfig,
-    device: torch.device | str | None = None,
     *,
     surrogate: nn.Module | str | None = None,
+    device: torch.device | str | None = None,
     ckpt_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> UCResult:
@@ -256,11 +228,11 @@ def protect(
         dataset: the images to protect; items ``(image (C, H, W) in [0, 1], ...)`` in a fixed
             order and without random augmentation (labels, if any, are ignored).
         cfg: settings (validated here).
-        device: where to compute (``"auto"``/None: CUDA when available).
         surrogate: a name, model (``ImageClassifier``/``ClipModel``) or ``FeatureExtractor`` to
             use instead of ``cfg.surrogate`` (e.g. a classifier the caller just trained). A given
             model is frozen in place.
-        ckpt_dir: keep ``uc_config.json``, ``clusters.pt``, one ``generator_XXX.pt`` per finished
+        device: where to compute (``"auto"``/None: CUDA when available).
+        ckpt_dir: keep ``fingerprint.json``, ``clusters.pt``, one ``generator_XXX.pt`` per finished
             generator and the final ``perturbation.npy`` here; a rerun skips what is done.
         progress: show progress bars.
 
@@ -274,7 +246,7 @@ def protect(
 
     Example:
         >>> cfg = UCConfig(num_clusters=2, surrogate="classifier:digits_cnn", epochs=1, ngf=4, n_blocks=1)
-        >>> res = protect(load_dataset("digits", image_size=16, channels=3), cfg, "cpu")  # doctest: +SKIP
+        >>> res = protect(load_dataset("digits", image_size=16, channels=3), cfg, device="cpu")  # doctest: +SKIP
         >>> protected = res.store.apply(x[None], [0])                                     # doctest: +SKIP
     """
     cfg.validate()
@@ -294,10 +266,8 @@ def protect(
         )
     ckpt = Path(ckpt_dir) if ckpt_dir is not None else None
     if ckpt is not None:
-        ckpt.mkdir(parents=True, exist_ok=True)
-        fingerprint = {k: v for k, v in asdict(cfg).items() if k not in _RESUME_IGNORES}
-        fingerprint.update(num_images=n, image_shape=list(shape), surrogate_name=surrogate.name)
-        _check_resume(ckpt, fingerprint)
+        check_fingerprint(ckpt, cfg, extra={"num_images": n, "image_shape": list(shape),
+                                            "surrogate_name": surrogate.name})
     cached = _load_images(dataset, cfg, device, progress)
     source = dataset if cached is None else cached
     if ckpt is not None and (ckpt / "clusters.pt").is_file():

@@ -4,7 +4,7 @@
   zeros, the masks and the source head, as safetensors a user can load.
 - :func:`finetune`: the attack at one sample budget, a fresh copy of the released model (encoder
   and head) fine-tuned with the masks kept (the paper's attack) or dense (pruned weights regrow).
-- :func:`magnitude_masks` / :func:`magnitude_prune`: pruning alone, the weak barrier NTP improves on.
+- :func:`magnitude_prune` (with :func:`~obstructlib.primitives.pruning.magnitude_masks`): pruning alone, the weak barrier NTP improves on.
 
 References:
     Ding et al., Non-transferable Pruning, ECCV 2024, arXiv:2410.08015.
@@ -21,29 +21,17 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file, save_model
-from torch import nn
 from torch.utils.data import Dataset
 
 from obstructlib.engine import ClassifierTrainConfig, fit_classifier, resolve_device
-from obstructlib.errors import ConfigError, check_range
-from obstructlib.methods.ntp_steps import Masks, mask_parametrize, prunable_parameters, remove_mask_parametrize
+from obstructlib.errors import ConfigError
 from obstructlib.models import ImageClassifier, create_model
+from obstructlib.primitives.pruning import Masks, magnitude_masks, mask_parametrize, remove_mask_parametrize
 
-__all__ = ["finetune", "load_released", "magnitude_masks", "magnitude_prune", "save_released"]
+__all__ = ["finetune", "load_released", "magnitude_prune", "save_released"]
 
 
 # ---- baselines and the attacker --------------------------------------------------------------
-@torch.no_grad()
-def magnitude_masks(encoder: nn.Module, sparsity: float, include_bn: bool = True) -> Masks:
-    """Global magnitude pruning: keep the largest ``1 - sparsity`` share of |theta| over the prunable tensors."""
-    check_range("sparsity", sparsity, 0.0, 1.0, inclusive=False)
-    params = prunable_parameters(encoder, include_bn)
-    flat = torch.cat([p.detach().abs().flatten() for p in params.values()])
-    k = int(round(sparsity * flat.numel()))
-    threshold = torch.kthvalue(flat.cpu(), k).values.item() if k > 0 else -1.0
-    return {n: p.detach().abs() > threshold for n, p in params.items()}
-
-
 def finetune(model: ImageClassifier, masks: Masks | None, train_set: Dataset, recipe: ClassifierTrainConfig,
              device: torch.device | str | None, *, ckpt_dir: str | os.PathLike | None = None,
              progress: bool = False) -> ImageClassifier:

@@ -28,6 +28,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,11 +49,9 @@ from obstructlib.engine import (
     save_checkpoint,
 )
 from obstructlib.errors import ConfigError, check_range
-from obstructlib.methods.perturb import pgd
+from obstructlib.primitives.perturb import pgd
+from obstructlib.registry import Registry
 
-COUNTERMEASURES = ("none", "jpeg", "grayscale", "cutout", "mixup", "adv")
-IMAGE_COUNTERMEASURES = ("jpeg", "grayscale", "cutout")  # per image, in the dataset
-BATCH_COUNTERMEASURES = ("mixup", "adv")  # per batch, in the training step
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, PIL's "L" conversion
 
 
@@ -204,7 +203,7 @@ def pgd_attack(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AdvTrainConfig,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Untargeted L-inf PGD maximising cross-entropy (:func:`~obstructlib.methods.perturb.pgd`).
+    """Untargeted L-inf PGD maximising cross-entropy (:func:`~obstructlib.primitives.perturb.pgd`).
 
     The model's mode is left as it is and its weights get no gradient.
 
@@ -219,17 +218,79 @@ def pgd_attack(
     return (x.detach() + delta).clamp_(0, 1)
 
 
-def image_countermeasure(name: str, *, jpeg_quality: int = 10, cutout_size: int = 8) -> Callable | None:
-    """The per-image transform of countermeasure ``name`` (None for ``none`` and batch ones)."""
-    if name not in COUNTERMEASURES:
-        raise ConfigError(f"countermeasure={name!r}: use one of {', '.join(COUNTERMEASURES)}")
-    if name == "jpeg":
-        return lambda x: jpeg(x, jpeg_quality)
-    if name == "grayscale":
-        return grayscale
-    if name == "cutout":
-        return lambda x: cutout(x, cutout_size)
+# ---- the registry: name -> factory(**params) of the per-image transform (None: nothing per image) ----
+REGISTRY: Registry = Registry("countermeasure")
+
+
+@REGISTRY.register("none")
+def _none(**_: Any) -> None:
+    """No countermeasure: the hacker trains on the published data as it is."""
     return None
+
+
+@REGISTRY.register("jpeg")
+def _jpeg(*, jpeg_quality: int = 10, **_: Any) -> Callable:
+    """JPEG compression at ``jpeg_quality`` (ISS, arXiv 2302.03335: quality 10)."""
+    return lambda x: jpeg(x, jpeg_quality)
+
+
+@REGISTRY.register("grayscale")
+def _grayscale(**_: Any) -> Callable:
+    """Grayscale conversion, repeated to 3 channels (ISS, arXiv 2302.03335)."""
+    return grayscale
+
+
+@REGISTRY.register("cutout")
+def _cutout(*, cutout_size: int = 8, **_: Any) -> Callable:
+    """Cutout of a ``cutout_size`` square at a random place (arXiv 1708.04552)."""
+    return lambda x: cutout(x, cutout_size)
+
+
+@REGISTRY.register("crop")
+def _crop(*, image_size: int = 32, crop_scale: float = 0.5, **_: Any) -> Callable:
+    """Random resized crops of area share in (crop_scale, 1), resized back to ``image_size``."""
+    from torchvision.transforms import RandomResizedCrop
+
+    return RandomResizedCrop(image_size, scale=(crop_scale, 1.0), antialias=True)
+
+
+@REGISTRY.register("mixup")
+def _mixup(**_: Any) -> None:
+    """mixup of every training batch (arXiv 1710.09412), in :func:`fit_defended`'s step."""
+    return None
+
+
+@REGISTRY.register("adv")
+def _adv(**_: Any) -> None:
+    """PGD adversarial training (arXiv 1706.06083), in :func:`fit_defended`'s step."""
+    return None
+
+
+@REGISTRY.register("strip")
+def _strip(**_: Any) -> None:
+    """Drop the first k caption tokens after the start token (a text trigger's countermeasure)."""
+    return None
+
+
+COUNTERMEASURES = ("none", "jpeg", "grayscale", "cutout", "mixup", "adv")  # the classifier hacker's
+IMAGE_COUNTERMEASURES = ("jpeg", "grayscale", "cutout", "crop")  # per image, in the dataset
+BATCH_COUNTERMEASURES = ("mixup", "adv")  # per batch, in the training step
+TEXT_COUNTERMEASURES = ("strip",)  # per caption, in the pairs
+
+
+def image_countermeasure(name: str, **params: Any) -> Callable | None:
+    """The per-image transform of countermeasure ``name`` (None for ``none``, batch and text ones).
+
+    Args:
+        name: a registered countermeasure (:data:`REGISTRY`).
+        **params: its settings (``jpeg_quality``, ``cutout_size``, ``image_size``, ``crop_scale``);
+            the ones it does not use are ignored.
+
+    Example:
+        >>> image_countermeasure("jpeg", jpeg_quality=50)(torch.rand(3, 8, 8)).shape
+        torch.Size([3, 8, 8])
+    """
+    return REGISTRY.get(name)(**params)
 
 
 def _step_factors(cfg: ClassifierTrainConfig, total: int) -> Callable[[int], float]:
@@ -333,6 +394,8 @@ __all__ = [
     "BATCH_COUNTERMEASURES",
     "COUNTERMEASURES",
     "IMAGE_COUNTERMEASURES",
+    "REGISTRY",
+    "TEXT_COUNTERMEASURES",
     "AdvTrainConfig",
     "cutout",
     "cutout_mask",

@@ -1,0 +1,109 @@
+"""One config fingerprint for every resumable folder: a run folder, a method's checkpoint folder.
+
+A resumed run must not silently mix checkpoints made with another config. The first call of
+:func:`check_fingerprint` writes ``FOLDER/fingerprint.json`` (the config flattened to dotted keys,
+without the fields that change how a run executes but not its result); a later call compares and
+refuses with one line that names the differing keys, or, with ``restart=True``, empties the folder
+so the run starts over.
+
+Example:
+    >>> import tempfile, dataclasses
+    >>> @dataclasses.dataclass
+    ... class C:
+    ...     lr: float = 0.1
+    ...     num_workers: int = 0
+    >>> d = tempfile.mkdtemp()
+    >>> check_fingerprint(d, C())
+    >>> check_fingerprint(d, C(num_workers=4))   # does not change the result: accepted
+    >>> check_fingerprint(d, C(lr=0.2))
+    Traceback (most recent call last):
+    ...
+    obstructlib.errors.ConfigError: ... holds a run with lr=0.1 (now 0.2): use a new --out, pass --restart to start over, or delete the folder
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from obstructlib.errors import ConfigError
+
+__all__ = ["FINGERPRINT_FILE", "NO_MEANING", "check_fingerprint", "fingerprint"]
+
+FINGERPRINT_FILE = "fingerprint.json"
+# Config fields that change how a run executes (speed, logging, checkpoint cadence), not its result.
+NO_MEANING = frozenset({"num_workers", "cache_max_bytes", "eval_batch_size", "ckpt_every_epochs",
+                        "ckpt_every_batches", "ckpt_every", "log_every"})
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+def fingerprint(config: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The values of ``config`` (a dataclass or dict, nested) that change a result, as ``{dotted.key: value}``.
+
+    Args:
+        config: the config; nested dataclasses and dicts are flattened (``train.lr``).
+        extra: more keys to compare (the data's size and shape, the run's seed ...).
+    """
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}{k}.", v)
+        elif prefix.rstrip(".").rsplit(".", 1)[-1] not in NO_MEANING:
+            flat[prefix.rstrip(".")] = value
+
+    walk("", _plain(config))
+    for key, value in (extra or {}).items():
+        flat[key] = _plain(value)
+    return json.loads(json.dumps(flat))
+
+
+def check_fingerprint(folder: str | os.PathLike, config: Any, *, extra: dict[str, Any] | None = None,
+                      restart: bool = False) -> None:
+    """Refuse to resume ``folder`` with another config (or empty it when ``restart``).
+
+    Args:
+        folder: the resumable folder (created when missing).
+        config: the config that runs now (dataclass or dict).
+        extra: more keys that must match (data size, image shape, seed ...).
+        restart: when the fingerprint differs, delete the folder's contents and start over.
+
+    Raises:
+        ConfigError: the folder holds a run with another config (one line naming up to three keys).
+    """
+    path = Path(folder)
+    now = fingerprint(config, extra)
+    stored = path / FINGERPRINT_FILE
+    if stored.is_file():
+        old = json.loads(stored.read_text())
+        diff = [k for k in sorted(set(old) | set(now)) if old.get(k) != now.get(k)]
+        if diff and not restart:
+            shown = ", ".join(f"{k}={old.get(k)!r} (now {now.get(k)!r})" for k in diff[:3])
+            more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
+            raise ConfigError(f"{path} holds a run with {shown}{more}: use a new --out, pass --restart to "
+                              "start over, or delete the folder")
+        if not diff:
+            return
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = stored.with_suffix(".tmp")
+    tmp.write_text(json.dumps(now, indent=1))
+    os.replace(tmp, stored)

@@ -1,0 +1,38 @@
+"""Unlearnable Clusters (UC): label-agnostic unlearnable examples from cluster-wise noise (``ob.uc``).
+
+- :class:`Config` / :class:`Result` and :func:`protect`: the method (surrogate features ->
+  k-means -> one generator per cluster -> a cluster-mode noise store);
+- the steps, for the notebook: :func:`extract_features`, :func:`kmeans`, :func:`cluster_targets`,
+  :func:`train_generator`, :func:`uc_loss`, :func:`project_noise`.
+
+References:
+    Zhang et al., Unlearnable Clusters: Towards Label-agnostic Unlearnable Examples, CVPR 2023,
+    arXiv:2301.01217.
+"""
+
+from obstructlib.methods.uc.method import UCConfig, UCResult, protect
+from obstructlib.methods.uc.steps import (
+    cluster_targets,
+    extract_features,
+    project_noise,
+    train_generator,
+    uc_loss,
+)
+from obstructlib.primitives.kmeans import kmeans
+
+Config = UCConfig
+Result = UCResult
+
+__all__ = [
+    "Config",
+    "Result",
+    "UCConfig",
+    "UCResult",
+    "cluster_targets",
+    "extract_features",
+    "kmeans",
+    "project_noise",
+    "protect",
+    "train_generator",
+    "uc_loss",
+]
