@@ -27,8 +27,7 @@ WORKER = textwrap.dedent("""
     import json, math, os, sys
     import torch, torch.nn as nn, torch.nn.functional as F
     torch.set_num_threads(1)
-    import obstructlib.engine.classifier as classifier_mod
-    import obstructlib.engine.clip as clip_mod
+    import obstructlib.engine.loop as loop_mod
     from obstructlib.engine import (ClassifierTrainConfig, ClipTrainConfig, cleanup, fit_classifier, fit_clip,
                                     init_distributed, seed_everything)
 
@@ -36,14 +35,15 @@ WORKER = textwrap.dedent("""
     info = init_distributed()
     saves = {"clip": 0, "classifier": 0}
 
-    def counting(key, real):
+    trainer = ["clip"]  # which fit_* is running: every trainer saves through engine.loop
+
+    def counting(real):
         def save(*args, **kwargs):
-            saves[key] += 1
+            saves[trainer[0]] += 1
             return real(*args, **kwargs)
         return save
 
-    clip_mod.save_checkpoint = counting("clip", clip_mod.save_checkpoint)
-    classifier_mod.save_checkpoint = counting("classifier", classifier_mod.save_checkpoint)
+    loop_mod.save_checkpoint = counting(loop_mod.save_checkpoint)
 
     class TinyClip(nn.Module):  # ClipModel's interface, no dropout (ranks draw different masks)
         def __init__(self):
@@ -78,6 +78,7 @@ WORKER = textwrap.dedent("""
     clip_hist = fit_clip(clip, pairs, clip_cfg, "cpu", ckpt_dir=os.path.join(out, "clip_ckpt"), progress=False)
 
     seed_everything(0)
+    trainer[0] = "classifier"
     net = nn.Sequential(nn.Flatten(), nn.Linear(48, 8), nn.ReLU(), nn.Linear(8, 2))
     cls_cfg = ClassifierTrainConfig(epochs=3, batch_size=8, lr=0.1)
     cls_hist = fit_classifier(net, labelled, labelled, cls_cfg, "cpu", ckpt_dir=os.path.join(out, "cls_ckpt"),

@@ -2,6 +2,8 @@
 
 - :mod:`~obstructlib.engine.utils`: ``seed_everything``, ``resolve_device``, ``autocast`` (the
   one AMP helper: bf16 on CUDA, a no-op on CPU), RNG snapshots, ``count_parameters``.
+- :mod:`~obstructlib.engine.loop`: ``ResumableLoop``, the one resumable loop skeleton every
+  trainer uses (checkpoint after a unit, resume, stop on request, main process only).
 - :mod:`~obstructlib.engine.checkpoint`: atomic ``save_checkpoint``/``load_checkpoint``
   (safetensors weights + a ``weights_only``-loadable state file).
 - :mod:`~obstructlib.engine.classifier`: ``train_one_epoch``, ``evaluate``, ``fit_classifier``.
@@ -27,6 +29,7 @@ from obstructlib.engine.distributed import (
     unwrap,
 )
 from obstructlib.engine.fingerprint import check_fingerprint, fingerprint
+from obstructlib.engine.loop import ResumableLoop
 from obstructlib.engine.utils import (
     amp_dtype,
     autocast,
@@ -42,6 +45,7 @@ __all__ = [
     "ClassifierTrainConfig",
     "ClipTrainConfig",
     "DistInfo",
+    "ResumableLoop",
     "all_gather_with_grad",
     "amp_dtype",
     "autocast",

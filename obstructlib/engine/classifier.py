@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,10 +25,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from obstructlib.engine.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from obstructlib.engine.distributed import (
     all_reduce_sum,
-    barrier,
     epoch_loader,
     full_batches_per_epoch,
     get_world_size,
@@ -37,9 +35,13 @@ from obstructlib.engine.distributed import (
     unwrap,
     wrap_ddp,
 )
+from obstructlib.engine.loop import ResumableLoop
 from obstructlib.engine.utils import autocast, grad_scaler, resolve_device
 from obstructlib.errors import ConfigError, check_min, check_range
 from obstructlib.metrics import accuracy
+
+# A per-batch hook of train_one_epoch: (images, labels) -> (images to train on, loss_fn or None).
+BatchHook = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, Callable | None]]
 
 __all__ = ["ClassifierTrainConfig", "evaluate", "fit_classifier", "train_one_epoch"]
 
@@ -106,6 +108,7 @@ def train_one_epoch(
     grad_clip: float | None = None,
     progress: bool = True,
     desc: str = "train",
+    batch_hook: BatchHook | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader`` with one optimizer step per batch.
 
@@ -122,6 +125,10 @@ def train_one_epoch(
         grad_clip: clip the global gradient norm to this value; None disables.
         progress: show a tqdm bar.
         desc: bar label.
+        batch_hook: ``batch_hook(images, labels) -> (images, loss_fn or None)`` on each batch
+            (on the device) before the forward pass: a countermeasure's mixing or attack
+            (:func:`~obstructlib.primitives.countermeasures.fit_defended`). The model is put back
+            in train mode after it; a returned ``loss_fn`` replaces ``loss_fn`` for that batch.
 
     Returns:
         ``{"loss": mean loss, "acc": accuracy in [0, 1], "num": samples}``, summed over all
@@ -137,9 +144,14 @@ def train_one_epoch(
     for i, (images, labels) in enumerate(bar):
         images = images.to(device, non_blocking=True)
         labels = torch.as_tensor(labels).to(device, non_blocking=True)
+        batch_loss = loss_fn
+        if batch_hook is not None:
+            images, hooked_loss = batch_hook(images, labels)
+            batch_loss = hooked_loss or loss_fn
+            model.train()
         with autocast(device, enabled=amp):
             logits = model(images)
-        loss = loss_fn(logits.float(), labels)
+        loss = batch_loss(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if grad_clip is not None:
@@ -236,6 +248,7 @@ def fit_classifier(
     ckpt_dir: str | os.PathLike | None = None,
     progress: bool = True,
     callback: Callable[[int, dict[str, float]], bool | None] | None = None,
+    batch_hook: Callable[[int], BatchHook] | None = None,
 ) -> dict[str, list[float]]:
     """Train ``model`` on ``train_set``, evaluating on ``test_set`` after every epoch.
 
@@ -257,6 +270,8 @@ def fit_classifier(
         progress: show progress bars (rank 0 only).
         callback: ``callback(epoch, record)`` after each epoch's evaluation; return True to stop
             early after checkpointing (a notebook's "interrupt"; the next call resumes).
+        batch_hook: ``batch_hook(epoch)`` returns the epoch's per-batch hook of
+            :func:`train_one_epoch` (seed its randomness from the epoch, so a resume repeats it).
 
     Returns:
         History with lists ``epoch``, ``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``,
@@ -269,16 +284,13 @@ def fit_classifier(
     model.to(device)
     optimizer = _optimizer(model, cfg)
     scheduler = _scheduler(optimizer, cfg, cfg.epochs * steps_per_epoch)
-    history: dict[str, list[float]] = {
-        k: [] for k in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr")
-    }
     scaler = grad_scaler(device, cfg.amp)
-    start_epoch = 0
-    if has_checkpoint(ckpt_dir):
-        meta = load_checkpoint(ckpt_dir, model, optimizer, scheduler)
-        start_epoch, history = meta["step"], meta["extra"].get("history", history)
-        if meta["extra"].get("scaler"):
-            scaler.load_state_dict(meta["extra"]["scaler"])
+    keys = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr")
+    loop = ResumableLoop(cfg.epochs, ckpt_dir=ckpt_dir, model=model, optimizer=optimizer, scheduler=scheduler,
+                         config=cfg, every=cfg.ckpt_every_epochs, history={k: [] for k in keys},
+                         extra=lambda: {"scaler": scaler.state_dict()})
+    if loop.resumed.get("scaler"):
+        scaler.load_state_dict(loop.resumed["scaler"])
     ddp_model = wrap_ddp(model, device)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     show = progress and is_main_process()
@@ -287,7 +299,7 @@ def fit_classifier(
         if test_set is not None
         else None
     )
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in loop:
         loader = epoch_loader(
             train_set,
             cfg.batch_size // world,
@@ -308,6 +320,7 @@ def fit_classifier(
             scaler=scaler,
             progress=show,
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            batch_hook=batch_hook(epoch) if batch_hook is not None else None,
         )
         test = (
             evaluate(model, test_loader, device, amp=cfg.amp, all_reduce=True)
@@ -322,24 +335,8 @@ def fit_classifier(
             "test_acc": test["acc"],
             "lr": lr,
         }
-        for key, value in record.items():
-            history[key].append(value)
-        stop = bool(callback(epoch + 1, record)) if callback is not None else False
-        if ckpt_dir is not None and (
-            (epoch + 1) % cfg.ckpt_every_epochs == 0 or epoch + 1 == cfg.epochs or stop
-        ):
-            if is_main_process():
-                save_checkpoint(
-                    ckpt_dir,
-                    model,
-                    optimizer,
-                    scheduler,
-                    step=epoch + 1,
-                    config=asdict(cfg),
-                    extra={"history": history, "scaler": scaler.state_dict()},
-                )
-            barrier()
-        if stop:
-            break
+        loop.log(record)
+        if callback is not None and callback(epoch + 1, record):
+            loop.stop()
     unwrap(ddp_model).eval()
-    return history
+    return loop.history  # type: ignore[return-value]

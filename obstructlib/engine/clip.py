@@ -22,7 +22,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -30,12 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
-from obstructlib.engine.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from obstructlib.engine.distributed import (
     all_gather_with_grad,
-    barrier,
     epoch_loader,
     full_batches_per_epoch,
     get_world_size,
@@ -43,6 +40,7 @@ from obstructlib.engine.distributed import (
     unwrap,
     wrap_ddp,
 )
+from obstructlib.engine.loop import ResumableLoop
 from obstructlib.engine.utils import autocast, grad_scaler, resolve_device
 from obstructlib.errors import ConfigError, check_min, check_range
 
@@ -251,68 +249,54 @@ def fit_clip(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, partial(_warmup_cosine, warmup=cfg.warmup_steps, total=total)
     )
-    history: dict[str, list[float]] = {"step": [], "loss": [], "lr": [], "logit_scale": [], "seconds": []}
     scaler = grad_scaler(device, cfg.amp)  # active only for fp16 autocast (pre-Ampere GPUs)
-    step, window = 0, [0.0, 0]  # loss sum and count since the last log
-    if has_checkpoint(ckpt_dir):
-        meta = load_checkpoint(ckpt_dir, bare, optimizer, scheduler)
-        step = meta["step"]
-        history = meta["extra"].get("history", history)
-        history.setdefault("seconds", [])
-        window = list(meta["extra"].get("window", window))
-        if meta["extra"].get("scaler"):
-            scaler.load_state_dict(meta["extra"]["scaler"])
+    window = [0.0, 0]  # loss sum and count since the last log
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    loop = ResumableLoop(stop_at, ckpt_dir=ckpt_dir, model=bare, optimizer=optimizer, scheduler=scheduler,
+                         config=cfg, every=cfg.ckpt_every,
+                         history={"step": [], "loss": [], "lr": [], "logit_scale": [], "seconds": []},
+                         extra=lambda: {"window": [loss_sum.item(), window[1]], "scaler": scaler.state_dict()},
+                         progress=progress and is_main_process(), desc="clip")
+    history: dict[str, list[float]] = loop.history  # type: ignore[assignment]
+    history.setdefault("seconds", [])
+    if loop.resumed:
+        window = list(loop.resumed.get("window", window))
+        if loop.resumed.get("scaler"):
+            scaler.load_state_dict(loop.resumed["scaler"])
+    loss_sum.fill_(window[0])
     collate = collate or partial(_collate_pairs, tokenize=bare.tokenize)
     ddp_model = wrap_ddp(bare, device)
-    loss_sum = torch.tensor(window[0], dtype=torch.float64, device=device)
-    bar = tqdm(total=stop_at, initial=step, desc="clip", disable=not (progress and is_main_process()))
     bare.train()
     elapsed = history["seconds"][-1] if history["seconds"] else 0.0
     started = time.perf_counter()
-    while step < stop_at:
+    batches = None
+    for step in loop:
         epoch, offset = divmod(step, steps_per_epoch)
-        loader = epoch_loader(
-            train_set,
-            cfg.batch_size // world,
-            seed=cfg.seed,
-            epoch=epoch,
-            skip_batches=offset,
-            num_workers=cfg.num_workers,
-            collate_fn=collate,
-            pin_memory=device.type == "cuda",
-        )
-        for batch in loader:
-            loss_sum += _train_step(ddp_model, bare, batch, optimizer, scheduler, scaler, cfg, device)
-            step, window[1], stop = step + 1, window[1] + 1, False
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == total:
-                record = {
-                    "step": step,
-                    "loss": loss_sum.item() / window[1],
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "logit_scale": bare.logit_scale.detach().exp().item(),
-                    "seconds": elapsed + time.perf_counter() - started,
-                }
-                for key, value in record.items():
-                    history[key].append(value)
-                loss_sum.zero_()
-                window[1] = 0
-                bar.set_postfix(loss=f"{record['loss']:.3f}")
-                stop = bool(callback(step, record)) if callback is not None else False
-            if ckpt_dir is not None and (step % cfg.ckpt_every == 0 or step == stop_at or stop):
-                if is_main_process():
-                    extra = {
-                        "history": history,
-                        "window": [loss_sum.item(), window[1]],
-                        "scaler": scaler.state_dict(),
-                    }
-                    save_checkpoint(
-                        ckpt_dir, bare, optimizer, scheduler, step=step, config=asdict(cfg), extra=extra
-                    )
-                barrier()
-            stop_at = step if stop else stop_at
-            if step >= stop_at:
-                break
-    bar.close()
+        if batches is None or offset == 0:  # a new epoch, or the first step of this call
+            batches = iter(epoch_loader(
+                train_set,
+                cfg.batch_size // world,
+                seed=cfg.seed,
+                epoch=epoch,
+                skip_batches=offset,
+                num_workers=cfg.num_workers,
+                collate_fn=collate,
+                pin_memory=device.type == "cuda",
+            ))
+        loss_sum += _train_step(ddp_model, bare, next(batches), optimizer, scheduler, scaler, cfg, device)
+        window[1] += 1
+        if (step + 1) % cfg.log_every == 0 or step + 1 == total:
+            record = {
+                "step": step + 1,
+                "loss": loss_sum.item() / window[1],
+                "lr": optimizer.param_groups[0]["lr"],
+                "logit_scale": bare.logit_scale.detach().exp().item(),
+                "seconds": elapsed + time.perf_counter() - started,
+            }
+            loop.log(record)
+            loss_sum.zero_()
+            window[1] = 0
+            if callback is not None and callback(step + 1, record):
+                loop.stop()
     bare.eval()
     return history

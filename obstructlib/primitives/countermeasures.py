@@ -24,10 +24,9 @@ Example:
 from __future__ import annotations
 
 import io
-import math
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,19 +34,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset
 
-from obstructlib.engine import (
-    ClassifierTrainConfig,
-    autocast,
-    epoch_loader,
-    evaluate,
-    has_checkpoint,
-    load_checkpoint,
-    resolve_device,
-    save_checkpoint,
-)
+from obstructlib.engine import ClassifierTrainConfig, fit_classifier
 from obstructlib.errors import ConfigError, check_range
 from obstructlib.primitives.perturb import pgd
 from obstructlib.registry import Registry
@@ -293,15 +282,6 @@ def image_countermeasure(name: str, **params: Any) -> Callable | None:
     return REGISTRY.get(name)(**params)
 
 
-def _step_factors(cfg: ClassifierTrainConfig, total: int) -> Callable[[int], float]:
-    # The same schedules as engine.fit_classifier, so defended and plain runs differ only in the step.
-    if cfg.scheduler == "cosine":
-        return lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total))
-    if cfg.scheduler == "step":
-        return lambda s: 0.1 ** ((s >= 0.5 * total) + (s >= 0.75 * total))
-    return lambda s: 1.0
-
-
 def fit_defended(
     model: nn.Module,
     train_set: Dataset,
@@ -315,10 +295,10 @@ def fit_defended(
     ckpt_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> dict[str, list[float]]:
-    """``fit_classifier``'s recipe with mixup or PGD adversarial training in every step.
+    """:func:`~obstructlib.engine.fit_classifier` with mixup or PGD adversarial training in every step.
 
-    Single process only. Resumes from ``ckpt_dir`` per epoch; the data order and the
-    countermeasure's random draws are functions of ``(cfg.seed, epoch)``, so a resumed run
+    The same loop (DDP, checkpoints, resume, history) with a per-batch hook: the data order and
+    the countermeasure's random draws are functions of ``(cfg.seed, epoch)``, so a resumed run
     repeats the uninterrupted one.
 
     Args:
@@ -334,60 +314,29 @@ def fit_defended(
         progress: show progress bars.
 
     Returns:
-        History lists ``epoch``, ``train_loss``, ``test_loss``, ``test_acc``, ``lr``.
+        :func:`~obstructlib.engine.fit_classifier`'s history (``train_acc`` is measured on the
+        mixed or attacked images, against the batch's own labels).
     """
     if countermeasure not in BATCH_COUNTERMEASURES:
         raise ConfigError(f"fit_defended handles {', '.join(BATCH_COUNTERMEASURES)}, not {countermeasure!r}")
-    cfg.validate()
     adv = adv or AdvTrainConfig()
     adv.validate()
-    device = resolve_device(device)
-    steps_per_epoch = len(train_set) // cfg.batch_size  # type: ignore[arg-type]
-    if steps_per_epoch == 0:
-        raise ConfigError(f"batch_size={cfg.batch_size} exceeds the {len(train_set)} training items: lower it")  # type: ignore[arg-type]
-    model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt: torch.optim.Optimizer = (
-        torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        if cfg.optimizer == "sgd" else torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _step_factors(cfg, cfg.epochs * steps_per_epoch))
-    history: dict[str, list[float]] = {k: [] for k in ("epoch", "train_loss", "test_loss", "test_acc", "lr")}
-    start = 0
-    if has_checkpoint(ckpt_dir):
-        meta = load_checkpoint(ckpt_dir, model, opt, sched)  # type: ignore[arg-type]
-        start, history = meta["step"], meta["extra"].get("history", history)
-    test_loader = DataLoader(test_set, cfg.eval_batch_size) if test_set is not None else None
-    for epoch in range(start, cfg.epochs):
+    bare = model
+
+    def hook_for(epoch: int) -> Callable:
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        loader = epoch_loader(train_set, cfg.batch_size, seed=cfg.seed, epoch=epoch, num_workers=cfg.num_workers)
-        lr, total, count = opt.param_groups[0]["lr"], 0.0, 0
-        for images, labels in tqdm(loader, desc=f"{countermeasure} {epoch + 1}/{cfg.epochs}",
-                                   disable=not progress, leave=False):
-            images, labels = images.to(device), torch.as_tensor(labels).to(device)
+
+        def hook(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, Callable | None]:
             if countermeasure == "adv":
-                model.eval()  # attack with frozen BatchNorm statistics, as common AT code does
-                images = pgd_attack(model, images, labels, adv, gen)
-            model.train()
-            with autocast(device, enabled=cfg.amp):
-                if countermeasure == "mixup":
-                    images, y_a, y_b, lam = mixup_batch(images, labels, mixup_alpha, gen)
-                    loss = mixup_loss(model(images).float(), y_a, y_b, lam)
-                else:
-                    loss = F.cross_entropy(model(images).float(), labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total, count = total + float(loss.detach()) * len(labels), count + len(labels)
-        test = evaluate(model, test_loader, device, amp=cfg.amp) if test_loader else {"loss": math.nan, "acc": math.nan}
-        for key, value in (("epoch", epoch + 1), ("train_loss", total / max(count, 1)),
-                           ("test_loss", test["loss"]), ("test_acc", test["acc"]), ("lr", lr)):
-            history[key].append(value)
-        if ckpt_dir is not None:
-            save_checkpoint(ckpt_dir, model, opt, sched, step=epoch + 1, config=asdict(cfg), extra={"history": history})
-    model.eval()
-    return history
+                bare.eval()  # attack with frozen BatchNorm statistics, as common AT code does
+                return pgd_attack(bare, images, labels, adv, gen), None
+            mixed, y_a, y_b, lam = mixup_batch(images, labels, mixup_alpha, gen)
+            return mixed, lambda logits, _labels: mixup_loss(logits, y_a, y_b, lam)
+
+        return hook
+
+    return fit_classifier(model, train_set, test_set, cfg, device, ckpt_dir=ckpt_dir, progress=progress,
+                          batch_hook=hook_for)
 
 
 __all__ = [

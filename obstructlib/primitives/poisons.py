@@ -33,14 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from obstructlib.data import IndexedDataset, PerturbationStore, labels_of
-from obstructlib.engine import (
-    autocast,
-    check_fingerprint,
-    has_checkpoint,
-    load_checkpoint,
-    resolve_device,
-    save_checkpoint,
-)
+from obstructlib.engine import ResumableLoop, autocast, check_fingerprint, resolve_device
 from obstructlib.engine.distributed import epoch_loader
 from obstructlib.errors import ConfigError, check_min, check_range
 from obstructlib.primitives.perturb import perturb_dataset
@@ -325,19 +318,31 @@ def error_minimizing_noise(
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     ckpt = None if ckpt_dir is None else Path(ckpt_dir)
     state: dict[str, Any] = {"round": 0, "train_batches": 0, "done": False, "history": []}
-    cluster_noise = None
     if ckpt is not None:
         check_fingerprint(ckpt, cfg, extra={"mode": mode, "num_samples": len(data), "image_shape": list(shape)})
-    if ckpt is not None and has_checkpoint(ckpt / "surrogate"):
-        meta = load_checkpoint(ckpt / "surrogate", model, opt)
-        state = meta["extra"]["state"]
-        store = load_noise(ckpt, meta["extra"]["noise_file"])
-        cluster_noise = meta["extra"].get("cluster_noise")
+    kept: dict[str, Any] = {"cluster_noise": None, "noise_file": None}
+
+    def extra() -> dict[str, Any]:
+        assert ckpt is not None
+        kept["noise_file"] = save_noise(ckpt, store, state["round"])
+        more = {"state": state, "noise_file": kept["noise_file"]}
+        return more if kept["cluster_noise"] is None else {**more, "cluster_noise": kept["cluster_noise"]}
+
+    loop = ResumableLoop(cfg.max_rounds, ckpt_dir=None if ckpt is None else ckpt / "surrogate", model=model,
+                         optimizer=opt, config=cfg, history=state["history"], extra=extra,
+                         on_saved=lambda: drop_other_noise(ckpt, kept["noise_file"]))
+    if loop.resumed:
+        state = loop.resumed["state"]
+        loop.history = state["history"]
+        store = load_noise(ckpt, loop.resumed["noise_file"])
+        kept["cluster_noise"] = loop.resumed.get("cluster_noise")
+    if state["done"]:
+        loop.stop()  # a resumed search that had already reached stop_acc
     loss_fn = _ce_loss(model, device, cfg.amp)
-    while not state["done"] and state["round"] < cfg.max_rounds:
+    for _ in loop:
         state["train_batches"] = _train_steps(model, opt, data, store, cfg, device, state["train_batches"])
         model.eval()  # BatchNorm statistics must not move while the noise is searched
-        cluster_noise = perturb_dataset(
+        kept["cluster_noise"] = perturb_dataset(
             store,
             data,
             loss_fn,
@@ -347,7 +352,7 @@ def error_minimizing_noise(
             batch_size=cfg.batch_size,
             shuffle=cfg.shuffle_search,
             seed=cfg.seed * 1_000_003 + state["round"],
-            cluster_noise=cluster_noise,
+            cluster_noise=kept["cluster_noise"],
             frozen_module=model,
             num_workers=cfg.num_workers,
             progress=progress,
@@ -357,19 +362,10 @@ def error_minimizing_noise(
         state["round"] += 1
         state["done"] = acc > cfg.stop_acc
         record = {"round": state["round"], "acc": acc, "train_batches": state["train_batches"]}
-        state["history"].append(record)
-        stop = bool(callback(state["round"], record)) if callback is not None else False
-        if ckpt is not None:
-            name = save_noise(ckpt, store, state["round"])
-            extra = {"state": state, "noise_file": name}
-            if cluster_noise is not None:
-                extra["cluster_noise"] = cluster_noise
-            save_checkpoint(
-                ckpt / "surrogate", model, opt, step=state["round"], config=asdict(cfg), extra=extra
-            )
-            drop_other_noise(ckpt, name)
-        if stop:
-            break
+        loop.log(record)
+        asked = bool(callback(state["round"], record)) if callback is not None else False
+        if state["done"] or asked:
+            loop.stop()
     model.eval()
     return store
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,16 +45,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from obstructlib.data import PerturbationStore, ProtectedPairs, pair_collate, tokenize_captions
-from obstructlib.engine import (
-    ClipTrainConfig,
-    check_fingerprint,
-    has_checkpoint,
-    load_checkpoint,
-    resolve_device,
-    save_checkpoint,
-)
+from obstructlib.engine import ClipTrainConfig, ResumableLoop, check_fingerprint, resolve_device
 from obstructlib.engine.clip import clip_adamw
-from obstructlib.engine.distributed import barrier, is_main_process
 from obstructlib.errors import ConfigError, check_min, check_range
 from obstructlib.methods.mem.steps import PairState, clip_batch_loss, shard_of, surrogate_steps, sync_shards
 from obstructlib.primitives.perturb import frozen, perturb_dataset
@@ -246,18 +238,28 @@ def protect(
     opt = clip_adamw(model, cfg.surrogate)
     ckpt = None if ckpt_dir is None else Path(ckpt_dir)
     state: dict[str, Any] = {"round": 0, "train_batches": 0, "history": []}
-    cluster_noise = None
     if ckpt is not None:
         check_fingerprint(ckpt, cfg, extra={"num_pairs": len(pairs), "image_shape": list(shape)})
-    if ckpt is not None and has_checkpoint(ckpt / "surrogate"):
-        meta = load_checkpoint(ckpt / "surrogate", model, opt)
-        state, triggers = meta["extra"]["state"], meta["extra"]["triggers"].clone()
-        store, cluster_noise = load_noise(ckpt, meta["extra"]["noise_file"]), meta["extra"].get("cluster_noise")
+    kept: dict[str, Any] = {"cluster_noise": None, "noise_file": None}
+
+    def extra() -> dict[str, Any]:
+        assert ckpt is not None
+        kept["noise_file"] = save_noise(ckpt, store, state["round"])
+        more = {"state": state, "noise_file": kept["noise_file"], "triggers": triggers.clone()}
+        return more if kept["cluster_noise"] is None else {**more, "cluster_noise": kept["cluster_noise"]}
+
+    loop = ResumableLoop(cfg.rounds, ckpt_dir=None if ckpt is None else ckpt / "surrogate", model=model,
+                         optimizer=opt, config=cfg, history=state["history"], extra=extra,
+                         on_saved=lambda: drop_other_noise(ckpt, kept["noise_file"]))
+    if loop.resumed:
+        state, triggers = loop.resumed["state"], loop.resumed["triggers"].clone()
+        loop.history = state["history"]
+        store, kept["cluster_noise"] = load_noise(ckpt, loop.resumed["noise_file"]), loop.resumed.get("cluster_noise")
     data = ProtectedPairs(pairs, tokens, model.eot_token_id, store, triggers, rows, quantize=True)
     players = PairState(model, tokens, triggers, rows, cfg.num_candidates, cfg.shuffle_captions, cfg.amp)
     shard = shard_of(len(pairs)) if cfg.num_groups is None else None  # type: ignore[arg-type]
-    while state["round"] < cfg.rounds:
-        r, t0 = state["round"], time.perf_counter()
+    for r in loop:
+        t0 = time.perf_counter()
         # (1) theta-step: M surrogate steps on the current protected pairs
         state["train_batches"], train_loss = surrogate_steps(
             model, opt, data, steps=cfg.train_steps, batch_size=cfg.batch_size, seed=cfg.seed,
@@ -269,10 +271,10 @@ def protect(
         players.text_losses.clear()
         text = players.text_step if (cfg.trigger_tokens and r < cfg.text_rounds) else None
         with frozen(model):
-            cluster_noise = perturb_dataset(
+            kept["cluster_noise"] = perturb_dataset(
                 store, pairs, players.image_loss, step_size=cfg.step_size, steps=cfg.pgd_steps,
                 device=device, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed * 7919 + r,
-                cluster_noise=cluster_noise, num_workers=cfg.num_workers, progress=progress,
+                cluster_noise=kept["cluster_noise"], num_workers=cfg.num_workers, progress=progress,
                 desc=f"MEM round {r + 1}/{cfg.rounds}", before_batch=text, indices=shard)
         if shard is not None:
             sync_shards(store, triggers, rows)
@@ -282,18 +284,9 @@ def protect(
             before, after = np.mean(players.text_losses, axis=0)
             record.update(text_loss_before=float(before), text_loss_after=float(after))
         state["round"] = r + 1
-        state["history"].append(record)
-        stop = bool(callback(r + 1, record)) if callback is not None else False
-        if ckpt is not None and is_main_process():
-            name = save_noise(ckpt, store, r + 1)
-            extra = {"state": state, "noise_file": name, "triggers": triggers.clone()}
-            if cluster_noise is not None:
-                extra["cluster_noise"] = cluster_noise
-            save_checkpoint(ckpt / "surrogate", model, opt, step=r + 1, config=asdict(cfg), extra=extra)
-            drop_other_noise(ckpt, name)
-        barrier()  # the other ranks wait for the checkpoint before a possible stop
-        if stop:
-            break
+        loop.log(record)
+        if callback is not None and callback(r + 1, record):
+            loop.stop()  # after the checkpoint (all ranks wait for it at the loop's barrier)
     model.eval()
     return MEMResult(store, triggers, rows, state["history"], time.perf_counter() - start)
 

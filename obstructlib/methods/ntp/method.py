@@ -33,7 +33,7 @@ Example:
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -42,7 +42,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from obstructlib.engine import has_checkpoint, load_checkpoint, resolve_device, save_checkpoint
+from obstructlib.engine import ResumableLoop, resolve_device
 from obstructlib.engine.distributed import shard_loader
 from obstructlib.errors import ConfigError, check_min, check_range
 from obstructlib.methods.ntp.steps import ADMMState, admm_init, admm_penalty, admm_step, paired_batches
@@ -279,19 +279,20 @@ def prune(model: ImageClassifier, cfg: NTPConfig, *, source: Dataset, target: Da
     target_head = _frozen(target_head.to(device)) if target_head is not None else None
     encoder = model.encoder
     state = admm_init(encoder, init_masks(encoder, cfg.prune_bn))
-    history: list[dict[str, float]] = []
-    stopped_by, start = "max_iters", 0
-    if has_checkpoint(ckpt_dir):
-        meta = load_checkpoint(ckpt_dir, model, map_location=device)
-        extra = meta["extra"]
+    run = {"stopped_by": "max_iters"}
+    loop = ResumableLoop(cfg.max_iters, ckpt_dir=ckpt_dir, model=model, config=cfg, history=[],
+                         map_location=device, progress=progress, desc="ADMM",
+                         extra=lambda: {"z": state.z, "u": state.u, "masks": state.masks, **run})
+    if loop.resumed:
+        extra = loop.resumed
         state = ADMMState(z=extra["z"], u=extra["u"], masks={k: v.bool() for k, v in extra["masks"].items()})
-        history, stopped_by, start = extra["history"], extra["stopped_by"], meta["step"]
+        run["stopped_by"] = extra["stopped_by"]
+    history: list[dict[str, float]] = loop.history  # type: ignore[assignment]
+    if run["stopped_by"] != "max_iters":
+        loop.stop()  # a resumed run that had already converged
     key = "all" if cfg.prune_bn else "weights"
     params = list(prunable_parameters(encoder, cfg.prune_bn).values())
-    bar = tqdm(range(start, cfg.max_iters), desc="ADMM", disable=not progress, leave=False)
-    for it in bar:
-        if stopped_by != "max_iters":
-            break
+    for it in loop:
         encoder.train()
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         sums: dict[str, float] = {}
@@ -312,17 +313,15 @@ def prune(model: ImageClassifier, cfg: NTPConfig, *, source: Dataset, target: Da
         rep = sparsity_report(encoder, state.masks)
         record = {"iteration": it + 1, **{k: v / max(steps, 1) for k, v in sums.items()},
                   "sparsity": rep["all"], "sparsity_weights": rep["weights"]}
-        history.append(record)
-        bar.set_postfix(loss=f"{record.get('loss', 0):.3f}", sparsity=f"{rep[key]:.3f}")
+        loop.log(record)
         if it + 1 > cfg.min_iters:
             if rep[key] > cfg.sparsity:
-                stopped_by = "sparsity"
+                run["stopped_by"] = "sparsity"
             elif len(history) > 1 and abs(history[-1]["loss"] - history[-2]["loss"]) < cfg.plateau_tol:
-                stopped_by = "plateau"
-        if ckpt_dir is not None:
-            save_checkpoint(ckpt_dir, model, step=it + 1, config=asdict(cfg),
-                            extra={"z": state.z, "u": state.u, "masks": state.masks,
-                                   "history": history, "stopped_by": stopped_by})
+                run["stopped_by"] = "plateau"
+        if run["stopped_by"] != "max_iters":
+            loop.stop()
+    stopped_by = run["stopped_by"]
     apply_masks_(encoder, state.masks)
     if cfg.recalibrate_bn:
         recalibrate_bn(model, source_set, device)

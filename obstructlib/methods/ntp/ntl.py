@@ -23,14 +23,13 @@ Example:
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
-from obstructlib.engine import has_checkpoint, load_checkpoint, resolve_device, save_checkpoint
+from obstructlib.engine import ResumableLoop, resolve_device
 from obstructlib.errors import check_min
 from obstructlib.methods.ntp.steps import paired_batches
 from obstructlib.models import ImageClassifier
@@ -105,12 +104,9 @@ def train_ntl(model: ImageClassifier, source_set: Dataset, target_set: Dataset, 
     for p in model.parameters():
         p.requires_grad_(True)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    history: list[dict[str, float]] = []
-    start = 0
-    if has_checkpoint(ckpt_dir):
-        meta = load_checkpoint(ckpt_dir, model, opt, map_location=device)
-        start, history = meta["step"], meta["extra"]["history"]
-    for epoch in tqdm(range(start, cfg.epochs), desc="NTL", disable=not progress, leave=False):
+    loop = ResumableLoop(cfg.epochs, ckpt_dir=ckpt_dir, model=model, optimizer=opt, config=cfg, history=[],
+                         map_location=device, progress=progress, desc="NTL")
+    for epoch in loop:
         model.train()
         sums: dict[str, float] = {}
         steps = 0
@@ -122,8 +118,6 @@ def train_ntl(model: ImageClassifier, source_set: Dataset, target_set: Dataset, 
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             steps += 1
-        history.append({"epoch": epoch + 1, **{k: v / max(steps, 1) for k, v in sums.items()}})
-        if ckpt_dir is not None:
-            save_checkpoint(ckpt_dir, model, opt, step=epoch + 1, config=asdict(cfg), extra={"history": history})
+        loop.log({"epoch": epoch + 1, **{k: v / max(steps, 1) for k, v in sums.items()}})
     model.eval()
-    return history
+    return loop.history  # type: ignore[return-value]

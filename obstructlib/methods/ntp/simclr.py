@@ -19,14 +19,13 @@ Example:
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
-from obstructlib.engine import epoch_loader, has_checkpoint, load_checkpoint, resolve_device, save_checkpoint
+from obstructlib.engine import ResumableLoop, epoch_loader, resolve_device
 from obstructlib.errors import ConfigError, check_min, check_range
 from obstructlib.models import ImageClassifier
 from obstructlib.primitives.augment import simclr_augment
@@ -93,13 +92,10 @@ def simclr_pretrain(model: ImageClassifier, dataset: Dataset, cfg: SimCLRConfig,
                          nn.Linear(model.num_features, cfg.proj_dim)).to(device)
     both = nn.ModuleDict({"model": model, "proj": proj})
     opt = torch.optim.Adam(both.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    history: list[float] = []
-    start = 0
-    if has_checkpoint(ckpt_dir):
-        meta = load_checkpoint(ckpt_dir, both, opt, map_location=device)
-        start, history = meta["step"], meta["extra"]["history"]
+    loop = ResumableLoop(cfg.epochs, ckpt_dir=ckpt_dir, model=both, optimizer=opt, config=cfg, history=[],
+                         map_location=device, progress=progress, desc="SimCLR")
     bs = min(cfg.batch_size, len(dataset))  # type: ignore[arg-type]
-    for epoch in tqdm(range(start, cfg.epochs), desc="SimCLR", disable=not progress, leave=False):
+    for epoch in loop:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         model.train()
         total, steps = 0.0, 0
@@ -111,8 +107,6 @@ def simclr_pretrain(model: ImageClassifier, dataset: Dataset, cfg: SimCLRConfig,
             loss.backward()
             opt.step()
             total, steps = total + loss.item(), steps + 1
-        history.append(total / max(steps, 1))
-        if ckpt_dir is not None:
-            save_checkpoint(ckpt_dir, both, opt, step=epoch + 1, config=asdict(cfg), extra={"history": history})
+        loop.history.append(total / max(steps, 1))  # type: ignore[union-attr]
     model.eval()
-    return history
+    return loop.history  # type: ignore[return-value]
