@@ -31,22 +31,21 @@ import numpy as np
 import torch
 
 from obstructlib.config import check_linked, link
-from obstructlib.data import PerturbationStore, ProtectedPairs, load_pairs, pair_collate, tokenize_captions
-from obstructlib.engine import ClipTrainConfig, barrier, evaluate_clip, fit_clip, is_main_process
+from obstructlib.data import PerturbationStore, load_pairs
+from obstructlib.engine import ClipTrainConfig, barrier, fit_clip, is_main_process
 from obstructlib.errors import ConfigError, check_range
 from obstructlib.experiments import Flag, RunContext, Runner, register_runner
-from obstructlib.experiments.common import check_run_folder, seed_hacker
+from obstructlib.experiments.common import check_run_folder
+from obstructlib.methods.mem.evaluate import COUNTERMEASURES, HackerConfig, evaluate
 from obstructlib.methods.mem.method import MEMConfig, MEMResult, clip_error_max_noise, protect
 from obstructlib.metrics import chance_retrieval
 from obstructlib.models import create_clip
 from obstructlib.primitives.countermeasures import REGISTRY as COUNTERMEASURE_REGISTRY
-from obstructlib.primitives.countermeasures import image_countermeasure
 from obstructlib.primitives.poisons import ErrorMaxConfig, random_noise_store
 from obstructlib.primitives.text_triggers import decode_trigger
 from obstructlib.profiles import Profile
 from obstructlib.registry import Registry
 
-COUNTERMEASURES = ("none", "crop", "jpeg", "strip")
 RETRIEVAL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "medr_i2t", "medr_t2i")
 
 
@@ -317,26 +316,15 @@ def _stored_protection(cfg: MEMRunConfig, ctx: RunContext, train: Any) -> tuple[
 
 
 # ---- the hacker ------------------------------------------------------------------------------
-def _image_defence(cfg: MEMRunConfig) -> Any:
-    return image_countermeasure(cfg.countermeasure, jpeg_quality=cfg.jpeg_quality, image_size=cfg.image_size,
-                                crop_scale=cfg.crop_scale)
-
-
-def _train_hacker(cfg: MEMRunConfig, ctx: RunContext, train: Any, result: MEMResult | None,
-                  protected: np.ndarray, tag: str) -> tuple[Any, dict[str, list[float]]]:
-    recipe = seed_hacker(cfg.train, ctx.seed, cfg.hacker_seed)  # clean and protected start alike
-    model = _clip(cfg, cfg.hacker, cfg.hacker_pretrained, ctx)
-    if result is not None and result.triggers.numel() and int(result.triggers.max()) >= model.vocab_size:
-        raise ConfigError(f"the triggers are ids of a {int(result.triggers.max()) + 1}+ token vocabulary, the hacker "
-                          f"{cfg.hacker} has {model.vocab_size}: pick a hacker with the surrogate's tokenizer")
-    strip = (cfg.strip_tokens if cfg.strip_tokens is not None else cfg.trigger_tokens) if cfg.countermeasure == "strip" else 0
-    data = ProtectedPairs(train, tokenize_captions(model, train.captions), model.eot_token_id,
-                          None if result is None else result.store, None if result is None else result.triggers,
-                          None if result is None else result.trigger_rows, protected, quantize=True,
-                          transform=_image_defence(cfg), strip_first=strip)
-    history = fit_clip(model, data, recipe, ctx.device, ckpt_dir=ctx.stage_dir(tag), progress=ctx.progress,
-                       collate=pair_collate)
-    return model, history
+def _hacker(cfg: MEMRunConfig, ctx: RunContext) -> HackerConfig:
+    """The hacker of this run; clean and protected rows start from the same weights and data order."""
+    strip = cfg.strip_tokens if cfg.strip_tokens is not None else cfg.trigger_tokens
+    return HackerConfig(
+        arch=cfg.hacker, pretrained=cfg.hacker_pretrained, model_image_size=cfg.model_image_size,
+        context_length=cfg.context_length, countermeasure=cfg.countermeasure, image_size=cfg.image_size,
+        crop_scale=cfg.crop_scale, jpeg_quality=cfg.jpeg_quality, strip_tokens=strip, train=cfg.train,
+        seed=cfg.hacker_seed if cfg.hacker_seed is not None else ctx.seed,
+    )
 
 
 def _row(metrics: dict[str, float]) -> dict[str, float]:
@@ -361,12 +349,17 @@ def run(cfg: MEMRunConfig, ctx: RunContext) -> dict[str, Any]:
     rng = np.random.default_rng(ctx.seed + 17)
     protected = np.zeros(len(train), bool)
     protected[rng.permutation(len(train))[: round(cfg.protect_fraction * len(train))]] = True
+    hacker = _hacker(cfg, ctx)
     with ctx.timer("hacker_clean"):
-        clean_model, clean_hist = _train_hacker(cfg, ctx, train, None, protected, "hacker_clean")
+        clean_run = evaluate(train, hacker, test=test, protection=None, protected=protected, device=ctx.device,
+                             ckpt_dir=ctx.stage_dir("hacker_clean"), progress=ctx.progress)
     with ctx.timer("hacker_protected"):
-        prot_model, prot_hist = _train_hacker(cfg, ctx, train, result, protected, "hacker_protected")
-    with ctx.timer("evaluate"):
-        clean, prot = evaluate_clip(clean_model, test, ctx.device), evaluate_clip(prot_model, test, ctx.device)
+        prot_run = evaluate(train, hacker, test=test, protection=result, protected=protected, device=ctx.device,
+                            ckpt_dir=ctx.stage_dir("hacker_protected"), progress=ctx.progress)
+    # the timers above include each hacker's test evaluation; "evaluate" reports that part alone
+    ctx.timings_s["evaluate"] = round(clean_run["seconds"]["evaluate"] + prot_run["seconds"]["evaluate"], 3)
+    clean, prot = clean_run["metrics"], prot_run["metrics"]
+    clean_hist, prot_hist = clean_run["history"], prot_run["history"]
     per_image = max(1, round(len(test) / test.num_images))
     chance = chance_retrieval(test.num_images, per_image)
     if "zero_shot_acc" in clean and getattr(test, "classes", None):

@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,20 +40,18 @@ from obstructlib.engine import ClassifierTrainConfig, fit_classifier
 from obstructlib.errors import ConfigError, check_range
 from obstructlib.experiments import Flag, RunContext, Runner, register_runner
 from obstructlib.experiments.common import check_run_folder
-from obstructlib.methods.ntp.curves import accuracy, budget_subset, learning_curves
+from obstructlib.methods.ntp.curves import accuracy, budget_subset
+from obstructlib.methods.ntp.evaluate import ATTACKS, DEFAULT_RATIOS, AttackConfig, evaluate
 from obstructlib.methods.ntp.method import LOSSES, NTPConfig, prune, train_target_head
 from obstructlib.methods.ntp.ntl import NTLConfig, train_ntl
-from obstructlib.methods.ntp.release import finetune, load_released, magnitude_prune, save_released
+from obstructlib.methods.ntp.release import load_released, magnitude_prune, save_released
 from obstructlib.methods.ntp.simclr import SimCLRConfig, simclr_pretrain
-from obstructlib.metrics.transfer import slc_auc
 from obstructlib.models import create_model
 from obstructlib.primitives.pruning import sparsity_report
 from obstructlib.profiles import Profile
 from obstructlib.registry import Registry
 
-ATTACKS = ("masked", "dense", "both")
 SOURCE_INITS = ("supervised", "simclr")
-DEFAULT_RATIOS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 @dataclass
@@ -308,47 +305,21 @@ def run(cfg: NTPRunConfig, ctx: RunContext) -> dict[str, Any]:
         t_test = load_domain(cfg.target, "test", image_size=cfg.image_size, max_samples=cfg.max_test, **where)
     source_model, acc_original = _source_model(cfg, ctx, s_train, s_test)
     released, masks, info = _protect(cfg, ctx, source_model, s_train, t_train)
-    acc_released = accuracy(released, s_test, ctx.device)
-    with ctx.timer("source_finetune"):
-        tuned = finetune(released, masks or None, s_train, cfg.source_finetune, ctx.device,
-                         ckpt_dir=ctx.stage_dir("source_finetune"), progress=False)
-    acc_finetuned = accuracy(tuned, s_test, ctx.device)
-    num_t = len(t_train.classes)
-
-    def scratch() -> Any:
-        return create_model(cfg.arch, num_classes=num_t)
-
-    def with_target_head(model: Any) -> Any:
-        model = copy.deepcopy(model)
-        if model.num_classes != num_t:  # a new head for another label space; otherwise h_S is the start
-            model.reset_head(num_t)
-        return model
-
-    rows: dict[str, tuple[Any, dict | None]] = {"scratch": (scratch, None),
-                                                "transfer": (with_target_head(source_model), None)}
-    if cfg.attack in ("masked", "both"):
-        rows["masked"] = (with_target_head(released), masks or None)
-    if cfg.attack in ("dense", "both"):
-        rows["dense"] = (with_target_head(released), None)
-    with ctx.timer("curves"):
-        curves = learning_curves(rows, t_train, t_test, cfg.ratios, cfg.curve, ctx.device, seeds=cfg.curve_seeds,
-                                 seed=ctx.seed, store=None if ctx.ckpt_dir is None else ctx.ckpt_dir / "curves.json",
-                                 work_dir=ctx.stage_dir("curve_point"), progress=ctx.progress)
-
-    def auc(name: str, base: float) -> float | None:
-        return slc_auc(cfg.ratios, curves[name], curves["scratch"], log_base=base) if name in curves else None
-
+    attack = AttackConfig(arch=cfg.arch, attack=cfg.attack, ratios=cfg.ratios, log_base=cfg.log_base,
+                          curve_seeds=cfg.curve_seeds, curve=cfg.curve, source_finetune=cfg.source_finetune,
+                          seed=ctx.seed)
+    scores = evaluate(released, attack, masks=masks, source_model=source_model, source=(s_train, s_test),
+                      target=(t_train, t_test), device=ctx.device, ckpt_dir=ctx.ckpt_dir, progress=ctx.progress)
+    for stage, seconds in scores.pop("seconds").items():
+        ctx.timings_s[stage] = round(ctx.timings_s.get(stage, 0.0) + seconds, 3)
     return {
-        "source_acc": {"original": acc_original, "released": acc_released, "finetuned": acc_finetuned},
-        "target_acc_released": accuracy(released, t_test, ctx.device) if num_t == released.num_classes else None,
+        "source_acc": {"original": acc_original, **scores.pop("source_acc")},
+        "target_acc_released": scores.pop("target_acc_released"),
         "sparsity": info["sparsity"]["all"],
         "sparsity_weights": info["sparsity"]["weights"],
         "sparsity_layers": info["sparsity"]["layers"],
-        "slc_auc": {"masked": auc("masked", cfg.log_base), "dense": auc("dense", cfg.log_base)},
-        "slc_auc_transfer": auc("transfer", cfg.log_base),
-        "slc_auc_ln": {k: auc(k, math.e) for k in ("masked", "dense", "transfer")},
+        **scores,  # slc_auc, slc_auc_transfer, slc_auc_ln, curves
         "log_base": cfg.log_base,
-        "curves": {"ratios": list(cfg.ratios), **curves},
         "method": cfg.method,
         "attack": cfg.attack,
         "source_init": cfg.source_init,

@@ -39,15 +39,14 @@ from obstructlib.data.labels import parse_protocol, relabel_dataset
 from obstructlib.engine import ClassifierTrainConfig, fit_classifier
 from obstructlib.errors import ConfigError, check_range
 from obstructlib.experiments import Flag, RunContext, Runner, register_runner
-from obstructlib.experiments.common import check_run_folder, seed_hacker
+from obstructlib.experiments.common import check_run_folder
+from obstructlib.methods.uc.evaluate import HackerConfig, evaluate
 from obstructlib.methods.uc.method import UCConfig, protect
 from obstructlib.models import create_model
 from obstructlib.primitives.augment import pad_crop_flip
 from obstructlib.primitives.countermeasures import (
     COUNTERMEASURES,
     AdvTrainConfig,
-    fit_defended,
-    image_countermeasure,
 )
 from obstructlib.primitives.countermeasures import (
     REGISTRY as COUNTERMEASURE_REGISTRY,
@@ -360,17 +359,14 @@ def _jsonable(obj: Any) -> Any:
 
 
 # ---- the hacker ------------------------------------------------------------------------------
-def _train_target(cfg: UCRunConfig, ctx: RunContext, train: Dataset, test: Dataset,
-                  store: PerturbationStore | None, tag: str) -> dict[str, list[float]]:
-    transform = image_countermeasure(cfg.countermeasure, jpeg_quality=cfg.jpeg_quality, cutout_size=cfg.cutout_size)
-    data = ProtectedDataset(train, store, transform, augment=_augment(cfg))
-    train_cfg = seed_hacker(cfg.train, ctx.seed, cfg.target_seed)  # clean and protected start alike
-    model = create_model(cfg.target_model, num_classes=len(train.classes))  # type: ignore[attr-defined]
-    ckpt = ctx.stage_dir(tag)
-    if cfg.countermeasure in ("mixup", "adv"):
-        return fit_defended(model, data, test, train_cfg, ctx.device, countermeasure=cfg.countermeasure,
-                            mixup_alpha=cfg.mixup_alpha, adv=cfg.adv, ckpt_dir=ckpt, progress=ctx.progress)
-    return fit_classifier(model, data, test, train_cfg, ctx.device, ckpt_dir=ckpt, progress=ctx.progress)
+def _hacker(cfg: UCRunConfig, ctx: RunContext) -> HackerConfig:
+    """The hacker of this run; clean and protected rows start from the same weights and data order."""
+    return HackerConfig(
+        target_model=cfg.target_model, labels=cfg.labels, label_seed=cfg.label_seed,
+        countermeasure=cfg.countermeasure, augment=cfg.augment, jpeg_quality=cfg.jpeg_quality,
+        cutout_size=cfg.cutout_size, mixup_alpha=cfg.mixup_alpha, adv=cfg.adv, train=cfg.train,
+        seed=cfg.target_seed if cfg.target_seed is not None else ctx.seed,
+    )
 
 
 def run(cfg: UCRunConfig, ctx: RunContext) -> dict[str, Any]:
@@ -380,42 +376,38 @@ def run(cfg: UCRunConfig, ctx: RunContext) -> dict[str, Any]:
         train = _load_split(cfg, ctx, "train", cfg.max_train_samples)
         test = _load_split(cfg, ctx, "test", cfg.max_test_samples)
         # Relabel first: a bad --labels for this dataset fails before any expensive stage.
-        train_h = relabel_dataset(train, cfg.labels, seed=cfg.label_seed)
-        test_h = relabel_dataset(test, cfg.labels, seed=cfg.label_seed)
+        relabel_dataset(train, cfg.labels, seed=cfg.label_seed)
     if cfg.method in ("uc", "uc-clip") and cfg.uc.num_clusters > len(train):  # type: ignore[arg-type]
         raise ConfigError(f"uc.num_clusters={cfg.uc.num_clusters} exceeds the {len(train)} training images: lower it")
     if cfg.train.batch_size > len(train):
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} exceeds the {len(train)} training images: lower it")
     store, info, resumed = _stored_protection(cfg, ctx, train)
+    hacker = _hacker(cfg, ctx)
     with ctx.timer("target_training"):
-        clean = _train_target(cfg, ctx, train_h, test_h, None, "target_clean")
-        protected = _train_target(cfg, ctx, train_h, test_h, store, "target_protected")
-    chance = 1.0 / len(train_h.classes)
-    clean_acc, prot_acc = float(clean["test_acc"][-1]), float(protected["test_acc"][-1])
+        clean = evaluate(train, hacker, test=test, store=None, device=ctx.device,
+                         ckpt_dir=ctx.stage_dir("target_clean"), progress=ctx.progress)
+        protected = evaluate(train, hacker, test=test, store=store, device=ctx.device,
+                             ckpt_dir=ctx.stage_dir("target_protected"), progress=ctx.progress)
+    rows = {name: {k: row[k] for k in ("test_acc", "train_acc", "curve")}
+            for name, row in (("clean", clean), ("protected", protected))}
     return {
-        "clean": {"test_acc": clean_acc, "train_acc": _last(clean, "train_acc"), "curve": clean["test_acc"]},
-        "protected": {"test_acc": prot_acc, "train_acc": _last(protected, "train_acc"), "curve": protected["test_acc"]},
-        "chance": chance,
-        "acc_drop": clean_acc - prot_acc,
+        **rows,
+        "chance": clean["chance"],
+        "acc_drop": clean["test_acc"] - protected["test_acc"],
         "noise_linf": float(np.abs(store.data.astype(np.int16)).max()) / 255.0 if store.data.size else 0.0,
         "eps": store.eps_units / 255.0,
         "method": cfg.method,
         "labels": cfg.labels,
         "countermeasure": cfg.countermeasure,
         "num_classes_original": len(train.classes),  # type: ignore[attr-defined]
-        "num_classes_hacker": len(train_h.classes),
-        "label_mapping": train_h.mapping.tolist(),
+        "num_classes_hacker": clean["num_classes"],
+        "label_mapping": clean["label_mapping"],
         "num_train": len(train),  # type: ignore[arg-type]
         "num_test": len(test),  # type: ignore[arg-type]
         "store_mode": store.mode,
         "store_resumed": resumed,
         "protection": info,
     }
-
-
-def _last(history: dict[str, list[float]], key: str) -> float | None:
-    values = history.get(key) or []
-    return float(values[-1]) if values else None
 
 
 register_runner(Runner(

@@ -7,14 +7,17 @@
   encoder of the self-supervised variant (:func:`simclr_pretrain`);
 - the released artefact (:func:`save_released`, :func:`load_released`) and the attack
   (:func:`finetune`, masked or dense);
-- the evaluation protocol: :func:`learning_curves` at a grid of budgets (:func:`budget_subset`),
-  scored with :func:`~obstructlib.metrics.slc_auc`.
+- the evaluation protocol: :class:`AttackConfig` and :func:`evaluate` (the attacker fine-tunes
+  the released model at every budget; SLC-AUC against scratch, the owner's source accuracy),
+  built on :func:`learning_curves` at a grid of budgets (:func:`budget_subset`) scored with
+  :func:`~obstructlib.metrics.slc_auc`.
 
 References:
     Ding et al., Non-transferable Pruning, ECCV 2024, arXiv:2410.08015.
 """
 
 from obstructlib.methods.ntp.curves import accuracy, budget_subset, learning_curves
+from obstructlib.methods.ntp.evaluate import ATTACKS, DEFAULT_RATIOS, AttackConfig, evaluate
 from obstructlib.methods.ntp.method import NTPConfig, NTPResult, nt_loss, prune, train_target_head
 from obstructlib.methods.ntp.ntl import NTLConfig, ntl_loss, train_ntl
 from obstructlib.methods.ntp.release import finetune, load_released, magnitude_prune, save_released
@@ -33,6 +36,9 @@ Result = NTPResult
 
 __all__ = [
     "ADMMState",
+    "ATTACKS",
+    "AttackConfig",
+    "DEFAULT_RATIOS",
     "Config",
     "NTLConfig",
     "NTPConfig",
@@ -44,6 +50,7 @@ __all__ = [
     "admm_penalty",
     "admm_step",
     "budget_subset",
+    "evaluate",
     "finetune",
     "learning_curves",
     "load_released",

@@ -2,6 +2,8 @@
 
 - :class:`Config` / :class:`Result` and :func:`protect`: the method (surrogate features ->
   k-means -> one generator per cluster -> a cluster-mode noise store);
+- :class:`HackerConfig` and :func:`evaluate`: the evaluation protocol (a label-agnostic hacker
+  relabels, applies a countermeasure and trains a fresh classifier; clean test accuracy);
 - the steps, for the notebook: :func:`extract_features`, :func:`kmeans`, :func:`cluster_targets`,
   :func:`train_generator`, :func:`uc_loss`, :func:`project_noise`.
 
@@ -10,6 +12,7 @@ References:
     arXiv:2301.01217.
 """
 
+from obstructlib.methods.uc.evaluate import HackerConfig, evaluate
 from obstructlib.methods.uc.method import UCConfig, UCResult, protect
 from obstructlib.methods.uc.steps import (
     cluster_targets,
@@ -25,10 +28,12 @@ Result = UCResult
 
 __all__ = [
     "Config",
+    "HackerConfig",
     "Result",
     "UCConfig",
     "UCResult",
     "cluster_targets",
+    "evaluate",
     "extract_features",
     "kmeans",
     "project_noise",
