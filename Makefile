@@ -5,14 +5,18 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 # Tests never touch the network: open_clip/huggingface stay offline, profile is `quick`.
-TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OBSTRUCT_PROFILE=quick MPLBACKEND=Agg PYTHONHASHSEED=0
+# Tests run on CPU even where a GPU exists (as open_clip's tests do): CUDA_VISIBLE_DEVICES is empty.
+TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OBSTRUCT_PROFILE=quick MPLBACKEND=Agg PYTHONHASHSEED=0 CUDA_VISIBLE_DEVICES=
 PYTEST_ARGS ?=
+LINT_PATHS := obstructlib tests benchmarks notebooks
 
-.PHONY: lab test venv install-notebook install-dev clean help
+.PHONY: lab test test-fast lint venv install-notebook install-dev clean help
 
 help:
-	@echo "make lab   - create $(VENV), install obstructlib with notebook extras, start JupyterLab on notebooks/"
-	@echo "make test  - create $(VENV) if needed, install dev extras, run unit tests + notebooks (nbval, quick profile)"
+	@echo "make lab       - create $(VENV), install obstructlib with notebook extras, start JupyterLab on notebooks/"
+	@echo "make test      - create $(VENV) if needed, install dev extras, lint (ruff, mypy), unit tests + doctests + notebooks (nbval, quick profile)"
+	@echo "make test-fast - the same without the notebooks and the tests marked slow (a few minutes)"
+	@echo "make lint      - ruff on the code, tests and notebooks; mypy on obstructlib/"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,10 +36,21 @@ lab: install-notebook
 	# root (containers, cloud VMs) needs --allow-root; nobody else gets it
 	cd notebooks && ../$(PY) -m jupyter lab $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
-test: install-dev
+lint: install-dev
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m mypy obstructlib
+
+test: lint
 	@start=$$(date +%s); \
-	$(TEST_ENV) $(PY) -m pytest -p no:cacheprovider --nbval-lax --durations=20 tests notebooks $(PYTEST_ARGS); \
+	$(TEST_ENV) $(PY) -m pytest -p no:cacheprovider --nbval-lax --doctest-modules --durations=20 \
+		tests obstructlib notebooks $(PYTEST_ARGS); \
 	status=$$?; echo "make test: $$(( $$(date +%s) - start )) s of tests"; exit $$status
+
+test-fast: lint
+	@start=$$(date +%s); \
+	$(TEST_ENV) $(PY) -m pytest -p no:cacheprovider --doctest-modules -m "not slow" --durations=10 \
+		tests obstructlib $(PYTEST_ARGS); \
+	status=$$?; echo "make test-fast: $$(( $$(date +%s) - start )) s of tests"; exit $$status
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -136,8 +136,8 @@ def check_linked(cfg: Any) -> None:
         ...     LINKED = {"eps": ("sub.eps",)}
         ...     eps: float = 0.1
         ...     sub: Sub = field(default_factory=Sub)
-        >>> check_linked(apply_overrides(Run(), ["eps=0.2"]))
-        >>> check_linked(apply_overrides(Run(), ["sub.eps=0.3"]))
+        >>> check_linked(Run(eps=0.2, sub=Sub(eps=0.2)))  # what apply_overrides(Run(), ["eps=0.2"]) makes
+        >>> check_linked(Run(sub=Sub(eps=0.3)))  # what apply_overrides(Run(), ["sub.eps=0.3"]) makes
         Traceback (most recent call last):
         ...
         obstructlib.errors.ConfigError: sub.eps=0.3 differs from eps=0.1: they are one value here; set eps (it writes sub.eps too)

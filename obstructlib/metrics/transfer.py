@@ -59,7 +59,7 @@ def log_area(ratios: Sequence[float] | np.ndarray, accuracies: Sequence[float] |
         arXiv:2410.08015 (SLC, Sec. "Evaluation").
 
     Example:
-        >>> log_area([0.01, 0.1, 1.0], [0.2, 0.4, 0.6])
+        >>> round(log_area([0.01, 0.1, 1.0], [0.2, 0.4, 0.6]), 6)
         0.8
     """
     r = _grid(ratios)

@@ -90,8 +90,8 @@ def hotflip_candidates(
 
     Example:
         >>> E = torch.eye(4)
-        >>> hotflip_candidates(torch.tensor([[[0.0, -1.0, -2.0, 0.0]]]), E, 2, banned_ids=[2]).tolist()
-        [[[1, 0]]]
+        >>> hotflip_candidates(torch.tensor([[[0.0, -1.0, -2.0, -0.5]]]), E, 2, banned_ids=[2]).tolist()
+        [[[1, 3]]]
     """
     if not 1 <= num_candidates:
         raise ConfigError(f"num_candidates={num_candidates}: use at least 1")

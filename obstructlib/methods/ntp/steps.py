@@ -76,7 +76,7 @@ def soft_threshold(x: torch.Tensor, delta: float) -> torch.Tensor:
     """The L1 proximal operator ``sign(x) * max(|x| - delta, 0)``: shrinks by ``delta``, zeros ``|x| <= delta``.
 
     Example:
-        >>> soft_threshold(torch.tensor([-0.5, -0.01, 0.0, 0.02, 0.3]), 0.02).tolist()
+        >>> [round(v, 6) for v in soft_threshold(torch.tensor([-0.5, -0.01, 0.0, 0.02, 0.3]), 0.02).tolist()]
         [-0.48, -0.0, 0.0, 0.0, 0.28]
     """
     if delta < 0:
