@@ -38,7 +38,7 @@ from obstructlib.engine import (
     resolve_device,
     seed_everything,
 )
-from obstructlib.engine.clip import _adamw
+from obstructlib.engine.clip import clip_adamw
 from obstructlib.models import create_clip
 
 # Dense (no sparsity) tensor-core peaks in TFLOP/s for the autocast dtype the engine uses on
@@ -79,7 +79,7 @@ def _sync(device: torch.device) -> None:
 
 def make_step(model: torch.nn.Module, device: torch.device, amp: bool, lr: float):
     """A closure running one full training step on a fixed batch."""
-    optimizer = _adamw(model, ClipTrainConfig(lr=lr))
+    optimizer = clip_adamw(model, ClipTrainConfig(lr=lr))
     scaler = grad_scaler(device, amp)
     max_log_scale = math.log(100.0)
 

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from obstructlib.data import PerturbationStore, load_dataset, seeded_subset
-from obstructlib.experiments.clip_baseline import load_pairs
+from obstructlib.data import PerturbationStore, load_dataset, load_pairs, seeded_subset
 from obstructlib.metrics import noise_class_structure
 
 
