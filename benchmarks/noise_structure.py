@@ -42,7 +42,9 @@ def measure(run_dir: Path) -> dict:
     store = PerturbationStore.load(store_file)
     labels = _labels(fp)
     if store.num_samples != len(labels):
-        raise SystemExit(f"{run_dir}: the store covers {store.num_samples} samples, the subset has {len(labels)}")
+        raise SystemExit(
+            f"{run_dir}: the store covers {store.num_samples} samples, the subset has {len(labels)}"
+        )
     noise = np.concatenate([store.delta_for(np.arange(i, min(i + 1000, len(labels)))).numpy()
                             for i in range(0, len(labels), 1000)])
     return {"run": str(run_dir), "method": fp.get("method"), **noise_class_structure(noise, labels)}

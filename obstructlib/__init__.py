@@ -41,10 +41,12 @@ _LAZY = {
     "seeded_subset": "obstructlib.data", "PerturbationStore": "obstructlib.data",
     "EpisodeSampler": "obstructlib.data",
     # models
-    "create_model": "obstructlib.models", "create_clip": "obstructlib.models", "ClipModel": "obstructlib.models",
+    "create_model": "obstructlib.models", "create_clip": "obstructlib.models",
+    "ClipModel": "obstructlib.models",
     # engine
     "seed_everything": "obstructlib.engine", "resolve_device": "obstructlib.engine",
-    "autocast": "obstructlib.engine", "fit_classifier": "obstructlib.engine", "fit_clip": "obstructlib.engine",
+    "autocast": "obstructlib.engine", "fit_classifier": "obstructlib.engine",
+    "fit_clip": "obstructlib.engine",
     "evaluate_clip": "obstructlib.engine", "ClipTrainConfig": "obstructlib.engine",
     "ClassifierTrainConfig": "obstructlib.engine", "save_checkpoint": "obstructlib.engine",
     "load_checkpoint": "obstructlib.engine",
@@ -63,7 +65,8 @@ _LAZY = {
 _NAMESPACES = {
     "uc": "obstructlib.methods.uc", "mem": "obstructlib.methods.mem", "ntp": "obstructlib.methods.ntp",
     "data": "obstructlib.data", "models": "obstructlib.models", "engine": "obstructlib.engine",
-    "metrics": "obstructlib.metrics", "primitives": "obstructlib.primitives", "plotting": "obstructlib.plotting",
+    "metrics": "obstructlib.metrics", "primitives": "obstructlib.primitives",
+    "plotting": "obstructlib.plotting",
 }
 
 __all__ = [  # noqa: PLE0604 - the lazy names are strings too

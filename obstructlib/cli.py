@@ -76,7 +76,8 @@ def info(args: argparse.Namespace) -> dict[str, Any]:
     datasets = {}
     for name, ds in list_datasets().items():
         present = ds.embedded or (root / ds.subdir).exists()
-        datasets[name] = {"kind": ds.kind, "present": present, "path": "embedded" if ds.embedded else str(root / ds.subdir),
+        path = "embedded" if ds.embedded else str(root / ds.subdir)
+        datasets[name] = {"kind": ds.kind, "present": present, "path": path,
                           "fetch": "" if present else ds.fetch.format(root=root)}
     return {"versions": versions(), "device": describe_device(device), "profile": profile.name,
             "profile_description": profile.description, "data_root": str(root.resolve()), "datasets": datasets}

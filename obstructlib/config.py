@@ -140,7 +140,7 @@ def check_linked(cfg: Any) -> None:
         >>> check_linked(Run(sub=Sub(eps=0.3)))  # what apply_overrides(Run(), ["sub.eps=0.3"]) makes
         Traceback (most recent call last):
         ...
-        obstructlib.errors.ConfigError: sub.eps=0.3 differs from eps=0.1: they are one value here; set eps (it writes sub.eps too)
+        obstructlib.errors.ConfigError: sub.eps=0.3 differs from eps=0.1: they are one value here; set eps ...
     """
     for source, targets in getattr(type(cfg), "LINKED", {}).items():
         value = _get(cfg, source)

@@ -29,7 +29,7 @@ def one_thread():
 
 @pytest.fixture
 def cli_fails(capsys):
-    """``cli_fails(argv, words)``: run ``obstruct argv``, assert exit status 2 and ONE stderr line containing ``words``."""
+    """``cli_fails(argv, words)``: run ``obstruct argv``; assert exit 2 and ONE stderr line containing ``words``."""
     from obstructlib.cli import main
 
     def run(argv, words):

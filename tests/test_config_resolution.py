@@ -81,7 +81,8 @@ def test_results_record_the_seeds_that_ran(tmp_path, monkeypatch, name, extra, h
     written = json.loads((tmp_path / "run" / "results.json").read_text())
     assert written["config"] == res["config"] == json.loads(json.dumps(dataclasses.asdict(seen["cfg"])))
     seeds = dict(_seed_fields(written["config"]))
-    protector = {k: v for k, v in seeds.items() if k.split(".")[0] in ("uc", "em", "tap", "mem", "ntp", "ntl", "simclr")}
+    protector_parts = ("uc", "em", "tap", "mem", "ntp", "ntl", "simclr")
+    protector = {k: v for k, v in seeds.items() if k.split(".")[0] in protector_parts}
     assert protector and all(v == 5 for v in protector.values()), protector
     if hacker_key:
         assert seeds[hacker_key] == 3

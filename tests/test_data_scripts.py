@@ -41,8 +41,8 @@ SCRIPTS = [
 ]
 sys.path.insert(0, str(SCRIPTS_DIR))  # the scripts import their shared helpers as top-level modules
 
-import _common
-from _common import FetchError, download, extract
+import _common  # noqa: E402  (found through the sys.path entry above)
+from _common import FetchError, download, extract  # noqa: E402
 
 
 def load_script(name: str):
@@ -469,7 +469,8 @@ def test_imagenet_val_from_devkit_and_train_from_tar(tmp_path):
 def test_imagenet_val_from_kaggle_solution(tmp_path):
     imagenet = load_script("imagenet")
     (tmp_path / "LOC_val_solution.csv").write_text(
-        "ImageId,PredictionString\nILSVRC2012_val_00000002,n02 1 2 3 4 n02 5 6 7 8\nILSVRC2012_val_00000001,n01 1 2 3 4\n"
+        "ImageId,PredictionString\nILSVRC2012_val_00000002,n02 1 2 3 4 n02 5 6 7 8\n"
+        "ILSVRC2012_val_00000001,n01 1 2 3 4\n"
     )
     flat = tmp_path / "flat"
     flat.mkdir()

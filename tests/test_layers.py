@@ -145,7 +145,8 @@ def test_the_notebook_check_refuses_runner_internals():
     assert not _public("obstructlib.experiments.uc", ["UCRunConfig"])
     assert not _public("obstructlib.methods.mem.steps", ["PairState"])
     assert not _public("obstructlib.data", ["_private"])
-    assert _public("obstructlib.methods.mem", ["PairState"]) and _public("obstructlib.primitives.pruning", ["init_masks"])
+    assert _public("obstructlib.methods.mem", ["PairState"])
+    assert _public("obstructlib.primitives.pruning", ["init_masks"])
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "benchmarks").glob("*.py")), ids=lambda p: p.name)

@@ -132,7 +132,8 @@ def test_error_max_noise_ascends():
 def test_resume_after_a_stopped_round_matches_an_uninterrupted_run(tmp_path):
     data = pairs()
     full = ob.mem.protect(data, tiny_cfg(), surrogate=clip(), device="cpu", progress=False)
-    ob.mem.protect(data, tiny_cfg(), surrogate=clip(), device="cpu", progress=False, ckpt_dir=tmp_path, callback=lambda r, rec: True)
+    ob.mem.protect(data, tiny_cfg(), surrogate=clip(), device="cpu", progress=False, ckpt_dir=tmp_path,
+                   callback=lambda r, rec: True)
     resumed = ob.mem.protect(data, tiny_cfg(), surrogate=clip(), device="cpu", progress=False, ckpt_dir=tmp_path)
     assert len(resumed.history) == 2
     assert np.array_equal(resumed.store.data, full.store.data) and torch.equal(resumed.triggers, full.triggers)
@@ -154,7 +155,8 @@ def test_mem_needs_caption_pairs():
     from obstructlib.data import ArrayImageDataset
 
     with pytest.raises(ConfigError, match="caption dataset"):
-        ob.mem.protect(ArrayImageDataset(np.zeros((4, 8, 8, 3), np.uint8), [0, 1, 0, 1]), tiny_cfg(), surrogate=clip(), device="cpu")
+        images = ArrayImageDataset(np.zeros((4, 8, 8, 3), np.uint8), [0, 1, 0, 1])
+        ob.mem.protect(images, tiny_cfg(), surrogate=clip(), device="cpu")
 
 
 def test_recall_at_k_with_five_captions_per_image_by_hand():

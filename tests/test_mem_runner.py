@@ -50,7 +50,8 @@ def test_mem_on_synthetic_captions_writes_results_and_resumes(tmp_path):
     assert m["noise_bytes_per_pair"] == pytest.approx(3 * 16 * 16 + 3 * 4)  # int8 noise + 3 int32 ids
     assert m["chance"]["t2i_r1"] == pytest.approx(100 / 6)
     assert len(m["protection"]["trigger_examples"]) == 8 and m["throughput"]["noise_pairs_per_s"] > 0
-    assert results["config"]["mem"]["trigger_tokens"] == 3 and results["config"]["mem"]["eps"] == results["config"]["eps"]
+    assert results["config"]["mem"]["trigger_tokens"] == 3
+    assert results["config"]["mem"]["eps"] == results["config"]["eps"]
     _, again = _run(tmp_path, "--method", "mem", "--trigger-tokens", "3")
     assert again["metrics"]["store_resumed"]
     assert again["metrics"]["protected"] == m["protected"] and again["metrics"]["clean"] == m["clean"]
@@ -120,7 +121,8 @@ def test_profiles_give_valid_configs(profile):
     assert cfg.mem.trigger_tokens == cfg.trigger_tokens == 3 and cfg.em.trigger_tokens == 0
     if profile == "paper":  # the official schedule
         m = cfg.mem
-        assert (m.rounds, m.text_rounds, m.train_steps, m.pgd_steps, m.num_candidates, m.batch_size) == (20, 5, 200, 8, 16, 128)
+        got = (m.rounds, m.text_rounds, m.train_steps, m.pgd_steps, m.num_candidates, m.batch_size)
+        assert got == (20, 5, 200, 8, 16, 128)
         assert m.eps == pytest.approx(8 / 255) and m.step_size == pytest.approx(1 / 255)
         assert cfg.train.epochs == 32 and cfg.train.lr == 5e-4 and cfg.surrogate == cfg.hacker == "RN50"
     if profile == "colab":

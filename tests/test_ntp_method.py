@@ -200,14 +200,16 @@ def test_ntp_prune_prunes_only_the_encoder_and_keeps_heads_frozen(loss, tmp_path
     head = None if loss == "sparsity" else train_target_head(model, target, cfg, "cpu")
     head_before = None if head is None else head.weight.clone()
     h_s = model.head.weight.clone()
-    result = ob.ntp.prune(model, cfg, source=source, target=target, target_head=head, device="cpu", ckpt_dir=tmp_path / "ckpt", progress=False)
+    result = ob.ntp.prune(model, cfg, source=source, target=target, target_head=head, device="cpu",
+                          ckpt_dir=tmp_path / "ckpt", progress=False)
     assert torch.equal(model.head.weight, h_s)
     assert head is None or torch.equal(head.weight, head_before)
     assert 0 < result.sparsity["all"] < 1 and len(result.history) >= 2
     for name, mask in result.masks.items():
         assert not model.encoder.get_parameter(name)[~mask].any()
     # resuming a finished run repeats nothing and returns the same masks
-    again = ob.ntp.prune(tiny_model(), cfg, source=source, target=target, target_head=head, device="cpu", ckpt_dir=tmp_path / "ckpt", progress=False)
+    again = ob.ntp.prune(tiny_model(), cfg, source=source, target=target, target_head=head, device="cpu",
+                         ckpt_dir=tmp_path / "ckpt", progress=False)
     assert again.history == result.history
     assert all(torch.equal(again.masks[n], m) for n, m in result.masks.items())
 

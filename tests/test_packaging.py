@@ -2,13 +2,11 @@
 
 import json
 import re
-
-import pytest as _pytest
-
-tomllib = _pytest.importorskip("tomllib")  # Python 3.11+; 3.10 users run the rest
 from pathlib import Path
 
 import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+; 3.10 users run the rest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +69,7 @@ def test_notebook_hygiene(path):
     sources = ["".join(c["source"]) for c in cells]
     assert "colab.research.google.com" in sources[0], "title cell needs a Colab badge"
     install = next(s for s in sources if "pip" in s and "install" in s)
-    install_code = "\n".join(l for l in install.splitlines() if not l.lstrip().startswith("#"))
+    install_code = "\n".join(line for line in install.splitlines() if not line.lstrip().startswith("#"))
     assert "google.colab" in install_code and "torch" not in install_code, (
         "the install cell installs only obstructlib, only on Colab")
     params = next(s for s in sources if s.startswith("# Parameters"))

@@ -237,7 +237,8 @@ def test_surrogate_loads_a_released_cifar_resnet_checkpoint(tmp_path):
     for k, v in source.state_dict().items():
         if k.endswith("num_batches_tracked"):
             continue
-        state["module." + (k.replace("head.", "linear.", 1) if k.startswith("head.") else k.removeprefix("encoder."))] = v
+        name = k.replace("head.", "linear.", 1) if k.startswith("head.") else k.removeprefix("encoder.")
+        state["module." + name] = v
     torch.save({"state_dict": state, "best_prec1": 91.7}, tmp_path / "resnet20.th")
     s = create_surrogate("classifier:resnet20", checkpoint=tmp_path / "resnet20.th")
     x = torch.rand(3, 3, 32, 32)

@@ -12,6 +12,7 @@ Example:
 from obstructlib.data import folders, vision  # noqa: F401  (import registers their datasets)
 from obstructlib.data.base import (
     ArrayImageDataset,
+    SizedDataset,
     dataset_info,
     dataset_kind,
     default_data_root,
@@ -59,6 +60,7 @@ __all__ = [
     "ProtectedPairs",
     "RelabelledDataset",
     "RestyledDataset",
+    "SizedDataset",
     "SyntheticShapes",
     "TransformDataset",
     "dataset_info",

@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -28,6 +28,23 @@ from torch.utils.data import Dataset
 from obstructlib.errors import ConfigError, DatasetNotFoundError
 
 SPLITS = ("train", "test")
+
+T_co = TypeVar("T_co", covariant=True)
+
+
+class SizedDataset(Protocol[T_co]):
+    """A map-style dataset that knows its length: ``len(ds)`` and ``ds[i]`` for ``i`` in ``0..len(ds)-1``.
+
+    :class:`torch.utils.data.Dataset` declares no ``__len__``, so this protocol is what functions
+    that need ``len(dataset)`` accept. Every dataset of this package, torchvision's datasets and
+    :class:`~torch.utils.data.Subset`, :class:`~torch.utils.data.TensorDataset` and
+    :class:`~torch.utils.data.ConcatDataset` satisfy it (structurally, no subclassing needed).
+    ``SizedDataset[T]`` types the items; a bare ``SizedDataset`` means items of any type.
+    """
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int, /) -> T_co: ...
 
 
 def default_data_root() -> Path:
@@ -55,7 +72,9 @@ def to_float_image(images: np.ndarray | torch.Tensor, image_size: int | None = N
         x = x[..., None]
     x = x.permute(0, 3, 1, 2).float().div_(255.0)
     if image_size is not None and tuple(x.shape[-2:]) != (image_size, image_size):
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+        x = F.interpolate(
+            x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False
+        )
         x = x.clamp_(0.0, 1.0)
     return x[0] if single else x
 
@@ -91,7 +110,9 @@ class ArrayImageDataset(Dataset):
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         if images.dtype != np.uint8:
-            raise ConfigError(f"images must be uint8 (got {images.dtype}): scale to 0..255 and cast before loading")
+            raise ConfigError(
+                f"images must be uint8 (got {images.dtype}): scale to 0..255 and cast before loading"
+            )
         if images.ndim == 3:
             images = images[..., None]
         if images.ndim != 4:
@@ -150,7 +171,7 @@ class DatasetInfo:
 
     Attributes:
         name: the name users type (``cifar10``).
-        loader: ``loader(root: Path, split: str, **kwargs) -> Dataset``.
+        loader: ``loader(root: Path, split: str, **kwargs) -> SizedDataset``.
         kind: ``"classification"`` or ``"captions"``.
         fetch: the exact shell command that puts the files under ``root`` (shown when missing).
         subdir: the folder under ``root`` the loader reads (for ``obstruct info``).
@@ -159,7 +180,7 @@ class DatasetInfo:
     """
 
     name: str
-    loader: Callable[..., Dataset]
+    loader: Callable[..., SizedDataset]
     kind: str = "classification"
     fetch: str = ""
     subdir: str = ""
@@ -169,6 +190,8 @@ class DatasetInfo:
 
 
 _REGISTRY: dict[str, DatasetInfo] = {}
+# a loader keeps its own signature (and precise return type) through the registering decorators
+LoaderT = TypeVar("LoaderT", bound=Callable[..., SizedDataset])
 
 
 def register_dataset(
@@ -180,11 +203,13 @@ def register_dataset(
     description: str = "",
     embedded: bool = False,
     splits: tuple[str, ...] = SPLITS,
-) -> Callable[[Callable[..., Dataset]], Callable[..., Dataset]]:
+) -> Callable[[LoaderT], LoaderT]:
     """Decorator registering ``loader(root, split, **kwargs)`` under ``name``."""
 
-    def wrap(loader: Callable[..., Dataset]) -> Callable[..., Dataset]:
-        _REGISTRY[name] = DatasetInfo(name, loader, kind, fetch, subdir or name, description, embedded, splits)
+    def wrap(loader: LoaderT) -> LoaderT:
+        _REGISTRY[name] = DatasetInfo(
+            name, loader, kind, fetch, subdir or name, description, embedded, splits
+        )
         return loader
 
     return wrap
@@ -213,7 +238,7 @@ def missing(name: str, path: Path | str, fetch: str) -> DatasetNotFoundError:
     return DatasetNotFoundError(f"dataset {name!r} not found at {path}: {how}")
 
 
-def load_dataset(spec: str, root: str | Path | None = None, split: str = "train", **kwargs: Any) -> Dataset:
+def load_dataset(spec: str, root: str | Path | None = None, split: str = "train", **kwargs: Any) -> SizedDataset:
     """Load one split of a dataset from its spec.
 
     Args:
@@ -261,13 +286,13 @@ def dataset_kind(spec: str) -> str:
 
 
 # Prefix loaders (folder:, npz:, csv:) register themselves here from the modules that define them.
-_PREFIX_LOADERS: dict[str, Callable[..., Dataset]] = {}
+_PREFIX_LOADERS: dict[str, Callable[..., SizedDataset]] = {}
 
 
-def register_prefix(prefix: str) -> Callable[[Callable[..., Dataset]], Callable[..., Dataset]]:
+def register_prefix(prefix: str) -> Callable[[LoaderT], LoaderT]:
     """Decorator registering ``loader(path: Path, split, **kwargs)`` for ``prefix:PATH`` specs."""
 
-    def wrap(loader: Callable[..., Dataset]) -> Callable[..., Dataset]:
+    def wrap(loader: LoaderT) -> LoaderT:
         _PREFIX_LOADERS[prefix] = loader
         return loader
 

@@ -18,10 +18,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from obstructlib.data.base import to_float_image
+from obstructlib.data.base import SizedDataset, to_float_image
 from obstructlib.errors import ConfigError
 
-ImageSource = np.ndarray | Sequence[str | Path] | Dataset
+ImageSource = np.ndarray | Sequence[str | Path] | SizedDataset
 
 
 def _resize_short_crop(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from obstructlib.data.base import ArrayImageDataset, load_dataset
+from obstructlib.data.base import ArrayImageDataset, SizedDataset, load_dataset
 from obstructlib.data.wrappers import _Forwarding, labels_of, seeded_subset
 from obstructlib.errors import ConfigError
 
@@ -52,9 +51,9 @@ def restyle(x: torch.Tensor, style: str, seed: int) -> torch.Tensor:
     return x
 
 
-def _materialise(ds: Dataset, style: str, seed: int) -> ArrayImageDataset:
+def _materialise(ds: SizedDataset, style: str, seed: int) -> ArrayImageDataset:
     """Decode (and restyle) a small split once into uint8 NHWC memory: epochs then cost no resizing."""
-    images = [restyle(ds[i][0], style, seed * 1_000_003 + i) for i in range(len(ds))]  # type: ignore[arg-type]
+    images = [restyle(ds[i][0], style, seed * 1_000_003 + i) for i in range(len(ds))]
     x = torch.stack(images).clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     labels = labels_of(ds)
     if labels is None:
@@ -92,7 +91,7 @@ class RestyledDataset(_Forwarding):
     draws it for an unsubsetted split, so both paths show the same images.
     """
 
-    def __init__(self, dataset: Dataset, style: str, seed: int) -> None:
+    def __init__(self, dataset: SizedDataset, style: str, seed: int) -> None:
         if style not in STYLES:
             raise ConfigError(f"style {style!r}: use one of {', '.join(STYLES)}")
         self.dataset, self.style, self.seed = dataset, style, seed

@@ -55,7 +55,8 @@ def parse_protocol(protocol: str) -> tuple[str, int | None]:
     match = _RANDOM.match(text)
     if match is None:
         raise ConfigError(
-            f"labels={protocol!r} is not a label protocol: use original, coarse or random-N (N an integer, e.g. random-5)"
+            f"labels={protocol!r} is not a label protocol: use original, coarse or random-N "
+            "(N an integer, e.g. random-5)"
         )
     return "random", int(match.group(1))
 

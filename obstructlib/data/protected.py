@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from obstructlib.data.base import SizedDataset
 from obstructlib.data.store import PerturbationStore
 from obstructlib.data.tokens import insert_trigger, strip_tokens
 from obstructlib.errors import ConfigError
@@ -36,9 +37,9 @@ Transform = Callable[[torch.Tensor], torch.Tensor]
 class _PublishedImages(Dataset):
     """The shared image pipeline: noise (where protected), 8-bit rounding, countermeasure, augmentation."""
 
-    def __init__(self, dataset: Dataset, store: PerturbationStore | None, protected: np.ndarray | None,
+    def __init__(self, dataset: SizedDataset, store: PerturbationStore | None, protected: np.ndarray | None,
                  quantize: bool, transform: Transform | None, augment: Transform | None) -> None:
-        n = len(dataset)  # type: ignore[arg-type]
+        n = len(dataset)
         if store is not None and store.num_samples != n:
             raise ConfigError(f"the store holds noise for {store.num_samples} samples, the dataset has {n}: "
                               "use the store made for this dataset")
@@ -47,7 +48,7 @@ class _PublishedImages(Dataset):
         self.quantize, self.transform, self.augment = quantize, transform, augment
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return len(self.dataset)
 
     def published_image(self, x: torch.Tensor, index: int) -> torch.Tensor:
         """Image ``index`` as the hacker trains on it (``x``: the clean image, ``(C, H, W)`` in [0, 1])."""
@@ -79,7 +80,7 @@ class ProtectedDataset(_PublishedImages):
         Item: ``(image (C, H, W) in [0, 1], label int)``.
     """
 
-    def __init__(self, dataset: Dataset, store: PerturbationStore | None, transform: Transform | None = None,
+    def __init__(self, dataset: SizedDataset, store: PerturbationStore | None, transform: Transform | None = None,
                  augment: Transform | None = None, *, protected: np.ndarray | None = None,
                  quantize: bool = True) -> None:
         super().__init__(dataset, store, protected, quantize, transform, augment)
@@ -114,7 +115,7 @@ class ProtectedPairs(_PublishedImages):
 
     def __init__(
         self,
-        pairs: Dataset,
+        pairs: SizedDataset,
         tokens: torch.Tensor,
         eot_token_id: int,
         store: PerturbationStore | None = None,
@@ -126,7 +127,7 @@ class ProtectedPairs(_PublishedImages):
         transform: Transform | None = None,
         strip_first: int = 0,
     ) -> None:
-        n = len(pairs)  # type: ignore[arg-type]
+        n = len(pairs)
         if len(tokens) != n:
             raise ConfigError(f"{n} pairs but {len(tokens)} token rows: tokenise this dataset's captions")
         super().__init__(pairs, store, protected, quantize, transform, None)

@@ -11,6 +11,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol, cast
 
 import torch
 from torch import nn
@@ -20,14 +21,21 @@ from obstructlib.errors import ConfigError
 __all__ = ["insert_trigger", "pair_collate", "strip_tokens", "tokenize_captions"]
 
 
+class _Tokenizing(Protocol):
+    def tokenize(self, texts: list[str]) -> torch.Tensor: ...
+
+
 def tokenize_captions(model: nn.Module, captions: Sequence[str], chunk: int = 4096) -> torch.Tensor:
     """Every caption tokenised once with the model's tokenizer (int32 to halve the memory).
 
     Shape:
         Returns ``(N, context_length)`` int32 on CPU.
     """
-    bare = getattr(model, "module", model)  # a DDP-wrapped model tokenises like the bare one
-    parts = [bare.tokenize(list(captions[i : i + chunk])).to(torch.int32) for i in range(0, len(captions), chunk)]
+    # a DDP-wrapped model tokenises like the bare one (a ClipModel: it has ``tokenize``)
+    bare = cast(_Tokenizing, getattr(model, "module", model))
+    parts = [
+        bare.tokenize(list(captions[i : i + chunk])).to(torch.int32) for i in range(0, len(captions), chunk)
+    ]
     if not parts:
         raise ConfigError("no captions to tokenise: the caption dataset is empty")
     return torch.cat(parts)

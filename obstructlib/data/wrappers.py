@@ -7,16 +7,17 @@ so code that reads ``dataset.classes`` keeps working on a wrapped dataset.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
+from obstructlib.data.base import SizedDataset
 from obstructlib.errors import ConfigError
 
 
-def labels_of(dataset: Dataset) -> np.ndarray | None:
+def labels_of(dataset: SizedDataset) -> np.ndarray | None:
     """The int64 class labels ``(N,)`` of a dataset without decoding images, or None when it has none.
 
     Multi-label attribute arrays ``(N, K)`` count as no class labels. Reads ``labels`` or
@@ -24,11 +25,12 @@ def labels_of(dataset: Dataset) -> np.ndarray | None:
     wrappers here) to the base dataset's labels.
     """
     if isinstance(dataset, Subset):
-        base = labels_of(dataset.dataset)
+        # torch types a Subset's base as Dataset (no __len__); it is map-style, hence sized
+        base = labels_of(cast(SizedDataset, dataset.dataset))
         return None if base is None else base[np.asarray(dataset.indices, dtype=np.int64)]
     for name in ("labels", "targets"):
         value = getattr(dataset, name, None)
-        if value is not None and len(value) == len(dataset):  # type: ignore[arg-type]
+        if value is not None and len(value) == len(dataset):
             value = np.asarray(value, dtype=np.int64)
             return value if value.ndim == 1 else None
     return None
@@ -37,7 +39,7 @@ def labels_of(dataset: Dataset) -> np.ndarray | None:
 class _Forwarding(Dataset):
     """Forward attribute lookups that fail on the wrapper to the wrapped ``dataset``."""
 
-    dataset: Dataset
+    dataset: SizedDataset
 
     def __getattr__(self, name: str) -> Any:
         # Only reached when normal lookup fails; guard against recursion before __init__ (pickling).
@@ -46,7 +48,7 @@ class _Forwarding(Dataset):
         return getattr(self.__dict__["dataset"], name)
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return len(self.dataset)
 
 
 class IndexedDataset(_Forwarding):
@@ -62,7 +64,7 @@ class IndexedDataset(_Forwarding):
         (2, 2, ['0', '1', '2'])
     """
 
-    def __init__(self, dataset: Dataset) -> None:
+    def __init__(self, dataset: SizedDataset) -> None:
         self.dataset = dataset
 
     def __getitem__(self, index: int) -> tuple:
@@ -78,7 +80,7 @@ class TransformDataset(_Forwarding):
         transform: callable on the float image tensor (augmentation, resizing ...).
     """
 
-    def __init__(self, dataset: Dataset, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    def __init__(self, dataset: SizedDataset, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
         self.dataset = dataset
         self.transform = transform
 
@@ -93,8 +95,9 @@ class LabelledSubset(Subset):
     Other attributes are read from the base dataset (they describe the whole set, not the subset).
     """
 
-    def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
-        super().__init__(dataset, list(indices))
+    def __init__(self, dataset: SizedDataset, indices: Sequence[int]) -> None:
+        # Subset accepts any map-style dataset; torch only annotates it as its nominal Dataset
+        super().__init__(cast(Dataset, dataset), list(indices))
         base = labels_of(dataset)
         self.labels = None if base is None else base[np.asarray(self.indices, dtype=np.int64)]
         self.classes = list(getattr(dataset, "classes", []) or [])
@@ -111,7 +114,7 @@ class LabelledSubset(Subset):
 
 
 def seeded_subset(
-    dataset: Dataset, max_samples: int | None, seed: int = 0, stratify: bool = True
+    dataset: SizedDataset, max_samples: int | None, seed: int = 0, stratify: bool = True
 ) -> LabelledSubset:
     """At most ``max_samples`` items drawn with a seed, class-stratified when labels exist.
 
@@ -132,7 +135,7 @@ def seeded_subset(
         >>> np.bincount(seeded_subset(ds, 20, seed=1).labels).tolist()
         [5, 5, 5, 5]
     """
-    n = len(dataset)  # type: ignore[arg-type]
+    n = len(dataset)
     if max_samples is not None and max_samples < 0:
         raise ConfigError(f"max_samples={max_samples} must be >= 0 (or None for all)")
     if max_samples is None or max_samples >= n:

@@ -18,7 +18,7 @@ Example:
     >>> check_fingerprint(d, C(lr=0.2))
     Traceback (most recent call last):
     ...
-    obstructlib.errors.ConfigError: ... holds a run with lr=0.1 (now 0.2): use a new --out, pass --restart to start over, or delete the folder
+    obstructlib.errors.ConfigError: ... holds a run with lr=0.1 (now 0.2): use a new --out, pass --restart ...
 """
 
 from __future__ import annotations

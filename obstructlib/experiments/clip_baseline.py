@@ -94,7 +94,8 @@ def run(cfg: ClipRunConfig, ctx: RunContext) -> dict[str, Any]:
 
 register_runner(Runner(
     name="clip",
-    help="train a CLIP on image-caption pairs (or templated class captions) and report retrieval and zero-shot accuracy",
+    help="train a CLIP on image-caption pairs (or templated class captions) "
+    "and report retrieval and zero-shot accuracy",
     config_for=ClipRunConfig.for_profile,
     run=run,
     flags=(

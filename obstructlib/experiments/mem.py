@@ -142,7 +142,9 @@ class MEMRunConfig:
                 raise ConfigError(f"{name}={value}: use at least 2, or none for the whole split")
         check_linked(self)  # one budget and one trigger length for every method
         if self.em.trigger_tokens != 0:
-            raise ConfigError(f"em.trigger_tokens={self.em.trigger_tokens}: EM is image-only, use 0 (MEM has the trigger)")
+            raise ConfigError(
+                f"em.trigger_tokens={self.em.trigger_tokens}: EM is image-only, use 0 (MEM has the trigger)"
+            )
         for part in (self.mem, self.em, self.tap, self.train):
             part.validate()
 
@@ -341,7 +343,11 @@ def run(cfg: MEMRunConfig, ctx: RunContext) -> dict[str, Any]:
         test = load_pairs(cfg.dataset, ctx.data_root, "test", max_samples=cfg.max_test_samples, **kw)
         if hasattr(train, "decode_all") and train.num_images * cfg.image_size**2 * 3 < 2**31:
             train.decode_all()  # decode once: every round reads every pair
-    used = [(cfg.train, "train")] + [(cfg.mem, "mem")] * cfg.method.startswith("mem") + [(cfg.em, "em")] * (cfg.method == "em")
+    used = [(cfg.train, "train")]
+    if cfg.method.startswith("mem"):
+        used.append((cfg.mem, "mem"))
+    elif cfg.method == "em":
+        used.append((cfg.em, "em"))
     for part, name in used:
         if part.batch_size > len(train):
             raise ConfigError(f"{name}.batch_size={part.batch_size} exceeds the {len(train)} training pairs: lower it")
@@ -372,7 +378,8 @@ def run(cfg: MEMRunConfig, ctx: RunContext) -> dict[str, Any]:
         "clean": _row(clean), "protected": _row(prot), "chance": chance,
         "drop": {k: _row(clean)[k] - _row(prot)[k] for k in _row(prot) if not k.startswith("medr")},
         "noise_bytes_per_pair": result.bytes_per_pair,
-        "noise_linf": float(np.abs(result.store.data.astype(np.int16)).max()) / 255.0 if result.store.data.size else 0.0,
+        "noise_linf": (float(np.abs(result.store.data.astype(np.int16)).max()) / 255.0
+                       if result.store.data.size else 0.0),
         "throughput": {"noise_pairs_per_s": len(train) / gen_s if gen_s else None,
                        "clip_train_steps_per_s": 1.0 / step_s if step_s else None,
                        "noise_cost_in_train_steps": gen_s / step_s if step_s and gen_s else None},
@@ -387,7 +394,8 @@ def run(cfg: MEMRunConfig, ctx: RunContext) -> dict[str, Any]:
 
 register_runner(Runner(
     name="mem",
-    help="Multimodal Unlearnable Examples and baselines: protect image-caption pairs, train a hacker CLIP, report clean retrieval",
+    help="Multimodal Unlearnable Examples and baselines: protect image-caption pairs, train a hacker CLIP, "
+    "report clean retrieval",
     config_for=MEMRunConfig.for_profile,
     run=run,
     resolve=resolve,

@@ -152,8 +152,8 @@ class NTPRunConfig:
           (threshold 0.02) but on all of S and T (``prune_ratio=1``: the sets are small), 3 W-epochs
           per iteration, at most 12 iterations (min 3) and stopping sparsity 0.4 (the L1 Z-step
           prunes ~35% at once and ~0.5% per iteration after that on this CNN); curves on
-          {2, 5, 10, 20, 50, 100}% with 12 epochs of Adam 1e-3 (the paper's 1e-4 barely moves a model trained from scratch in 12 epochs;
-          every curve shares the recipe).
+          {2, 5, 10, 20, 50, 100}% with 12 epochs of Adam 1e-3 (the paper's 1e-4 barely moves a model
+          trained from scratch in 12 epochs; every curve shares the recipe).
         - colab (one GPU): MNIST -> USPS (registered names; pass ``--source npz:...`` for the
           offline copies), ResNet-18 (CIFAR stem) at 32 px, 20,000 source images, the paper's
           ADMM settings (20 W-epochs, rho 0.005, gamma 1e-4, s 0.95) and 30-epoch curves on

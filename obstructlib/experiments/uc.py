@@ -412,7 +412,8 @@ def run(cfg: UCRunConfig, ctx: RunContext) -> dict[str, Any]:
 
 register_runner(Runner(
     name="uc",
-    help="Unlearnable Clusters and baselines: protect, relabel (label-agnostic hacker), train a target, report clean test accuracy",
+    help="Unlearnable Clusters and baselines: protect, relabel (label-agnostic hacker), train a target, "
+    "report clean test accuracy",
     config_for=UCRunConfig.for_profile,
     run=run,
     resolve=resolve,

@@ -51,7 +51,8 @@ def noise_class_structure(noise: Any, labels: Any, seed: int = 0) -> dict[str, f
         raise ConfigError("noise_class_structure needs at least two classes with at least two samples each")
     n = torch.from_numpy(counts).to(x.dtype)
     centred = x - x.mean(0)
-    means = torch.zeros(len(classes), x.shape[1], dtype=x.dtype).index_add_(0, torch.from_numpy(y), centred) / n[:, None]
+    sums = torch.zeros(len(classes), x.shape[1], dtype=x.dtype).index_add_(0, torch.from_numpy(y), centred)
+    means = sums / n[:, None]
     total = float(centred.pow(2).sum())
     between = float((n * means.pow(2).sum(1)).sum())
 

@@ -161,7 +161,9 @@ class MEMResult:
                               self.store, self.triggers, self.trigger_rows, **kwargs)
 
 
-def _mean_loss(model: nn.Module, data: ProtectedPairs, cfg: MEMConfig, device: torch.device, max_batches: int = 8) -> float:
+def _mean_loss(
+    model: nn.Module, data: ProtectedPairs, cfg: MEMConfig, device: torch.device, max_batches: int = 8
+) -> float:
     """Surrogate loss on (up to ``max_batches``) protected batches: the shortcut's strength."""
     loader = torch.utils.data.DataLoader(data, batch_size=min(cfg.batch_size, len(data)), collate_fn=pair_collate)
     losses = []

@@ -298,7 +298,8 @@ def prune(model: ImageClassifier, cfg: NTPConfig, *, source: Dataset, target: Da
         sums: dict[str, float] = {}
         steps = 0
         for epoch in range(cfg.epochs):
-            for xs, ys, xt, yt in paired_batches(source_set, target_set, cfg.batch_size, cfg.seed, it * cfg.epochs + epoch):
+            batches = paired_batches(source_set, target_set, cfg.batch_size, cfg.seed, it * cfg.epochs + epoch)
+            for xs, ys, xt, yt in batches:
                 xs, ys, xt, yt = xs.to(device), ys.to(device), xt.to(device), yt.to(device)
                 loss, parts = nt_loss(model, target_head, xs, ys, xt, yt, cfg)
                 total = loss + admm_penalty(encoder, state, cfg.rho, cfg.squared_penalty)

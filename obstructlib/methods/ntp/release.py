@@ -4,7 +4,8 @@
   zeros, the masks and the source head, as safetensors a user can load.
 - :func:`finetune`: the attack at one sample budget, a fresh copy of the released model (encoder
   and head) fine-tuned with the masks kept (the paper's attack) or dense (pruned weights regrow).
-- :func:`magnitude_prune` (with :func:`~obstructlib.primitives.pruning.magnitude_masks`): pruning alone, the weak barrier NTP improves on.
+- :func:`magnitude_prune` (with :func:`~obstructlib.primitives.pruning.magnitude_masks`): pruning alone,
+  the weak barrier NTP improves on.
 
 References:
     Ding et al., Non-transferable Pruning, ECCV 2024, arXiv:2410.08015.
@@ -102,7 +103,9 @@ def save_released(out_dir: str | os.PathLike, model: ImageClassifier, masks: Mas
     return out
 
 
-def load_released(out_dir: str | os.PathLike, device: torch.device | str | None = None) -> tuple[ImageClassifier, Masks]:
+def load_released(
+    out_dir: str | os.PathLike, device: torch.device | str | None = None
+) -> tuple[ImageClassifier, Masks]:
     """Rebuild a released model and its masks from :func:`save_released`'s folder.
 
     Returns:
