@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -10,10 +11,12 @@ import torch
 
 import obstructlib as ob
 import obstructlib.primitives.perturb as perturb_module
-from obstructlib.data import CaptionDataset, ProtectedPairs, tokenize_captions
+from obstructlib.data import CaptionDataset, PerturbationStore, ProtectedPairs, pair_collate, tokenize_captions
+from obstructlib.data.tokens import insert_trigger
 from obstructlib.engine import ClipTrainConfig
 from obstructlib.errors import ConfigError
 from obstructlib.methods.mem import MEMConfig, PairState, clip_error_max_noise
+from obstructlib.methods.mem.steps import clip_batch_loss
 from obstructlib.metrics import retrieval_metrics
 from obstructlib.models import create_clip
 from obstructlib.primitives.poisons import ErrorMaxConfig
@@ -42,6 +45,15 @@ def clip():
     return create_clip("tiny-rn", context_length=12)
 
 
+def published_loss(model, data, store=None, triggers=None, rows=None) -> float:
+    """``model``'s CLIP loss on all pairs as one batch, as published (noise, 8-bit rounding, triggers)."""
+    view = ProtectedPairs(data, tokenize_captions(model, data.captions), model.eot_token_id, store,
+                          triggers, rows, quantize=True)
+    x, t = pair_collate([view[i] for i in range(len(view))])
+    with torch.no_grad():
+        return float(clip_batch_loss(model.eval(), x, t, amp=False, gather=False))
+
+
 def test_noise_stays_in_the_ball_and_in_image_range_after_every_step(monkeypatch):
     real, checked = perturb_module.pgd_step, []
 
@@ -65,14 +77,30 @@ def test_noise_stays_in_the_ball_and_in_image_range_after_every_step(monkeypatch
 
 def test_noise_and_triggers_are_per_pair_not_per_image():
     data = pairs(num_images=4, per_image=2)
-    res = ob.mem.protect(data, tiny_cfg(rounds=1), surrogate=clip(), device="cpu", progress=False)
+    model = clip()
+    res = ob.mem.protect(data, tiny_cfg(rounds=1), surrogate=model, device="cpu", progress=False)
     assert res.store.num == len(data) == 8 and res.store.mode == "sample"
     assert res.triggers.shape == (8, 3) and res.trigger_rows.tolist() == list(range(8))
-    # the two captions of one image got two different noises (same picture, different rows)
+    # the two captions of one image got two different noises and triggers (same picture, different rows)
     assert all(not np.array_equal(res.store.data[2 * i], res.store.data[2 * i + 1]) for i in range(4))
+    assert all(not torch.equal(res.triggers[2 * i], res.triggers[2 * i + 1]) for i in range(4))
+    # what the hacker downloads: pair i carries ITS noise and ITS trigger right after the start token
+    view, tokens = res.dataset(data, model), tokenize_captions(model, data.captions)
+    for i in range(8):
+        x, t, image_id = view[i]
+        assert image_id == i // 2 and torch.equal(t[1:4], res.triggers[i])
+        assert torch.equal(t[4:5], tokens[i, 1:2].long())  # then the caption's own first word
+        clean = data[i][0][None]
+        assert torch.allclose(x, res.store.apply(clean, [i])[0], atol=1e-6)
+        assert not torch.allclose(x, res.store.apply(clean, [i ^ 1])[0], atol=1e-6)  # not its sibling's
     grouped = ob.mem.protect(data, tiny_cfg(rounds=1, num_groups=3), surrogate=clip(), device="cpu", progress=False)
     assert grouped.store.num == 3 and grouped.store.mode == "cluster" and grouped.triggers.shape == (3, 3)
     assert grouped.bytes_per_pair < res.bytes_per_pair
+    g_view = grouped.dataset(data, model)
+    for i in range(8):  # a pair's trigger and noise are its group's
+        k = int(grouped.trigger_rows[i])
+        assert torch.equal(g_view[i][1][1:4], grouped.triggers[k])
+        assert torch.equal(grouped.store.delta_for([i]), grouped.store.get([k]))
 
 
 def test_trigger_stays_with_its_image_when_captions_are_shuffled():
@@ -113,7 +141,7 @@ def test_triggers_are_never_special_and_hotflip_only_lowers_the_loss():
         assert record["text_loss_after"] <= record["text_loss_before"] + 1e-6
 
 
-def test_em_variant_has_no_trigger_and_noshuffle_keeps_captions():
+def test_em_variant_has_no_trigger():
     data = pairs()
     em = ob.mem.protect(data, dataclasses.replace(MEMConfig.em(), rounds=1, train_steps=1, pgd_steps=1,
                                                        batch_size=4), surrogate=clip(), device="cpu", progress=False)
@@ -121,12 +149,76 @@ def test_em_variant_has_no_trigger_and_noshuffle_keeps_captions():
     assert em.bytes_per_pair == pytest.approx(3 * 16 * 16)
 
 
-def test_error_max_noise_ascends():
+def test_noshuffle_feeds_each_image_its_own_caption_and_changes_the_noise():
+    data = pairs(num_images=8, per_image=1)
+    model = clip()
+    tokens = tokenize_captions(model, data.captions)
+    triggers = torch.arange(100, 124).view(8, 3)
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.eot_token_id = model.eot_token_id
+
+        def forward(self, images, toks):
+            seen.append(toks.clone())
+            return model(images, toks)
+
+    state = PairState(Spy(), tokens, triggers, np.arange(8), 2, shuffle=False, amp=False)
+    idx = torch.tensor([5, 1, 7, 0, 2, 6, 3, 4])
+    for _ in range(3):
+        state.image_loss(torch.rand(8, 3, 16, 16), (idx,))
+    expected = insert_trigger(state.captions(idx, torch.device("cpu")), triggers[idx], model.eot_token_id)
+    assert len(seen) == 3 and all(torch.equal(toks, expected) for toks in seen)
+    # the ablation as protect runs it: the same schedule and seed, another objective, other noise
+    shuffled = ob.mem.protect(data, tiny_cfg(), surrogate=clip(), device="cpu", progress=False)
+    kept = ob.mem.protect(data, tiny_cfg(shuffle_captions=False), surrogate=clip(), device="cpu", progress=False)
+    assert kept.triggers.shape == shuffled.triggers.shape == (8, 3)
+    assert not np.array_equal(kept.store.data, shuffled.store.data)
+
+
+@pytest.fixture(scope="module")
+def clean_clip():
+    """A tiny CLIP fitted to the clean pairs (30 full-batch Adam steps): its loss reacts to the noise.
+
+    An untrained CLIP sits at the chance loss ln(B) whatever the images, so no noise can move it.
+    """
+    model = clip()
+    view = ProtectedPairs(pairs(), tokenize_captions(model, pairs().captions), model.eot_token_id, quantize=True)
+    x, t = pair_collate([view[i] for i in range(len(view))])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(30):
+        loss = clip_batch_loss(model, x, t, amp=False, gather=False)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("variant", ["mem", "em"])
+def test_protection_lowers_the_surrogates_loss_on_the_published_pairs(variant, clean_clip):
     data = pairs()
-    model = clip().eval()
-    store = clip_error_max_noise(model, data, ErrorMaxConfig(steps=2, step_size=4 / 255, batch_size=4,
+    model = copy.deepcopy(clean_clip)
+    cfg = tiny_cfg(rounds=3, pgd_steps=4) if variant == "mem" else dataclasses.replace(
+        MEMConfig.em(), rounds=3, train_steps=1, pgd_steps=4, batch_size=4, step_size=4 / 255)
+    res = ob.mem.protect(data, cfg, surrogate=model, device="cpu", progress=False)
+    clean = published_loss(model, data)
+    protected = published_loss(model, data, res.store, res.triggers, res.trigger_rows)
+    assert protected < clean - 0.1, (protected, clean)  # error MINIMISING: the shortcut is easy
+
+
+def test_error_max_noise_ascends(clean_clip):
+    data = pairs()
+    model = copy.deepcopy(clean_clip)
+    store = clip_error_max_noise(model, data, ErrorMaxConfig(steps=4, step_size=2 / 255, batch_size=12,
                                                              random_start=False), "cpu", progress=False)
     assert store.num == len(data) and 0 < int(np.abs(store.data).max()) <= 8
+    random = PerturbationStore(len(data), store.shape, store.eps)
+    random.data[:] = np.random.default_rng(0).choice([-8, 8], size=random.data.shape)
+    clean, noisy, rand = (published_loss(model, data, s) for s in (None, store, random))
+    assert noisy > clean + 0.5 and noisy > rand + 0.5, (clean, noisy, rand)  # error MAXIMISING
 
 
 def test_resume_after_a_stopped_round_matches_an_uninterrupted_run(tmp_path):

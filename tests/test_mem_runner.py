@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -57,6 +58,19 @@ def test_mem_on_synthetic_captions_writes_results_and_resumes(tmp_path):
     assert again["metrics"]["protected"] == m["protected"] and again["metrics"]["clean"] == m["clean"]
 
 
+def _weights(out, tag):
+    from safetensors.torch import load_file
+
+    return load_file(out / "checkpoints" / tag / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def undefended(tmp_path_factory):
+    """The reference of the countermeasure rows: random noise, no countermeasure."""
+    out, _ = _run(tmp_path_factory.mktemp("undefended"), "--method", "random")
+    return out
+
+
 @pytest.mark.parametrize("method, extra", [
     ("em", []),
     ("random", ["--countermeasure", "strip"]),
@@ -65,11 +79,19 @@ def test_mem_on_synthetic_captions_writes_results_and_resumes(tmp_path):
     pytest.param("mem-noshuffle", ["--countermeasure", "crop", "--set", "protect_fraction=0.5"],
                  marks=pytest.mark.slow),
 ])
-def test_baselines_and_countermeasures_run(tmp_path, method, extra):
-    _, results = _run(tmp_path, "--method", method, *extra)
+def test_baselines_and_countermeasures_run(tmp_path, method, extra, undefended):
+    out, results = _run(tmp_path, "--method", method, *extra)
     _check(results, zero_shot=True)
-    assert results["metrics"]["method"] == method
-    assert results["metrics"]["store_mode"] == ("cluster" if method == "mem-classwise" else "sample")
+    m = results["metrics"]
+    assert m["method"] == method
+    assert m["store_mode"] == ("cluster" if method == "mem-classwise" else "sample")
+    noise = np.load(out / "checkpoints" / "store" / "store.npy")
+    assert np.count_nonzero(noise) > noise.size // 10  # the method perturbed the images
+    triggers = [t for t in m["protection"].get("trigger_examples") or [] if t.strip()]
+    assert bool(triggers) == method.startswith("mem")  # MEM published words beside the captions
+    if "--countermeasure" in extra:  # the defence changed the hacker's training (on the clean row too)
+        mine, plain = _weights(out, "hacker_clean"), _weights(undefended, "hacker_clean")
+        assert not all(torch.equal(mine[k], plain[k]) for k in plain)
 
 
 def test_classification_data_gets_templated_captions(tmp_path):

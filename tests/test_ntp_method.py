@@ -228,6 +228,38 @@ def test_nt_loss_terms():
     assert capped.item() == pytest.approx(parts_c["ce_s"] - 1e-3, rel=1e-5)
 
 
+def test_the_three_losses_are_three_formulas_and_prune_to_three_encoders():
+    model, source, target = tiny_model(), blobs(), blobs(seed=1, shift=80)
+    head = train_target_head(model, target, tiny_ntp(), "cpu")
+    xs, ys = torch.stack([source[i][0] for i in range(12)]), torch.tensor(source.labels[:12])
+    xt, yt = torch.stack([target[i][0] for i in range(12)]), torch.tensor(target.labels[:12])
+    model.eval()
+    losses = ("ntp", "ntl-admm", "sparsity")
+    values = {loss: nt_loss(model, head, xs, ys, xt, yt, tiny_ntp(loss=loss)) for loss in losses}
+    with torch.no_grad():
+        fs, ft = model.features(xs), model.features(xt)
+        ce_s = torch.nn.functional.cross_entropy(model.head(fs), ys).item()
+        ce_t = torch.nn.functional.cross_entropy(head(ft), yt).item()
+        zs, zt = torch.nn.functional.normalize(fs, dim=1), torch.nn.functional.normalize(ft, dim=1)
+        mmd = gaussian_mmd(zs, zt).item()
+    cfg = tiny_ntp()
+    assert values["sparsity"][0].item() == pytest.approx(ce_s, rel=1e-5)
+    ntl_admm = ce_s - cfg.alpha * min(ce_t, cfg.ntl_ce_cap) * min(mmd, cfg.ntl_mmd_cap)
+    assert values["ntl-admm"][0].item() == pytest.approx(ntl_admm, rel=1e-4)
+    scalars = [v[0].item() for v in values.values()]
+    assert len({round(v, 5) for v in scalars}) == 3  # three different numbers on one batch pair
+    encoders = {}
+    for loss in values:
+        pruned = tiny_model()
+        ob.ntp.prune(pruned, tiny_ntp(loss=loss), source=source, target=target,
+                     target_head=None if loss == "sparsity" else head, device="cpu", progress=False)
+        encoders[loss] = torch.cat([p.detach().flatten() for p in pruned.encoder.parameters()])
+    names = list(encoders)
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert not torch.allclose(encoders[names[i]], encoders[names[j]]), (names[i], names[j])
+
+
 def test_bad_ntp_config_fails_with_one_line():
     for kw, needle in [({"sparsity": 1.0}, "sparsity"), ({"sparsity": 0.0}, "sparsity"),
                        ({"loss": "lda"}, "loss"), ({"rho": 0.0}, "rho")]:

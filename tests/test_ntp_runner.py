@@ -4,6 +4,8 @@ import json
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from obstructlib.cli import main
 from obstructlib.config import apply_overrides
@@ -34,7 +36,7 @@ def _run(tmp_path, *argv, name="run"):
     return out, json.loads((out / "results.json").read_text())
 
 
-def test_ntp_writes_the_issue_metrics_and_resumes(tmp_path):
+def test_ntp_writes_the_issue_metrics_and_resumes(tmp_path, monkeypatch):
     out, results = _run(tmp_path, "--method", "ntp", "--attack", "both")
     for key in CONTRACT:
         assert key in results
@@ -52,21 +54,36 @@ def test_ntp_writes_the_issue_metrics_and_resumes(tmp_path):
     model, masks = load_released(out / "released")  # the artefact a user loads
     assert masks and model.arch == "digits_cnn"
     again = json.loads(json.dumps(results))
+    import obstructlib.methods.ntp.curves as curves_module
+
+    calls = []
+    real = curves_module.finetune
+    monkeypatch.setattr(curves_module, "finetune", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     _, resumed = _run(tmp_path, "--method", "ntp", "--attack", "both")
-    assert resumed["metrics"]["curves"] == again["metrics"]["curves"]  # finished points are not redone
-    assert resumed["timings_s"]["curves"] < results["timings_s"]["curves"]
+    assert resumed["metrics"]["curves"] == again["metrics"]["curves"]
+    assert calls == []  # every finished curve point is read back, none is trained again
 
 
 @pytest.mark.parametrize("method", ["magnitude", "ntl", "sparsity", "ntl-admm"])
 def test_baselines_run_under_the_same_attack(tmp_path, method):
-    _, results = _run(tmp_path, "--method", method, "--attack", "masked")
+    out, results = _run(tmp_path, "--method", method, "--attack", "masked")
     m = results["metrics"]
     assert m["method"] == method and m["slc_auc"]["dense"] is None
     assert isinstance(m["slc_auc"]["masked"], float)
     if method == "ntl":
         assert m["sparsity"] == 0.0
+    else:
+        assert 0 < m["sparsity"] < 1
     if method == "magnitude":
         assert m["sparsity"] == pytest.approx(results["config"]["ntp"]["sparsity"], abs=0.02)
+    # the protection changed the encoder the owner releases (the source model is kept beside it)
+    source = load_file(out / "checkpoints" / "source_model" / "model.safetensors")
+    released = load_file(out / "released" / "model.safetensors")
+    enc = [k for k in source if "encoder" in k and source[k].is_floating_point()]
+    assert enc and set(enc) <= set(released)
+    assert not all(torch.equal(source[k], released[k]) for k in enc)
+    if method != "ntl":  # pruned weights are exact zeros in the release
+        assert sum(int((released[k] == 0).sum()) for k in enc) > sum(int((source[k] == 0).sum()) for k in enc)
 
 
 def _write_npz(path, size, seed):

@@ -105,14 +105,48 @@ def test_hotflip_attack_never_increases_the_batch_loss(clip):
     scale = torch.tensor(30.0)
     trig = random_trigger(6, 3, clip.vocab_size, clip.special_token_ids, g)
     loss = lambda t: clip_loss(image_features, t, scale)
+    drops = []
     for _ in range(3):
         new, before, after = hotflip_attack(clip, tokens, trig, loss, num_candidates=4)
+        drops.append(before - after)
         with torch.no_grad():
             direct = float(loss(clip.encode_text(insert_trigger(tokens, new, EOT))))
         assert after <= before + 1e-6 and direct == pytest.approx(after, abs=1e-5)
         assert not torch.isin(new, torch.tensor(clip.special_token_ids)).any()
         trig = new
+    assert drops[0] > 0.1  # random triggers are not a local optimum of a real text tower
     assert not any(p.grad is not None for p in clip.parameters())  # no parameter gradients written
+
+
+class BagOfWords(torch.nn.Module):
+    """A text tower that sums its token embeddings: HotFlip's first-order scores are then exact."""
+
+    eot_token_id, special_token_ids = 19, [0, 18, 19]
+
+    def __init__(self):
+        super().__init__()
+        self.token_embedding = torch.nn.Embedding(20, 4)
+
+    def encode_text_embeds(self, embeds, tokens):
+        return embeds.sum(1)
+
+    def encode_text(self, tokens):
+        return self.token_embedding(tokens).sum(1)
+
+
+def test_hotflip_attack_finds_the_better_token_when_one_exists():
+    torch.manual_seed(0)
+    model, w = BagOfWords(), torch.tensor([1.0, -2.0, 0.5, 3.0])
+    scores = model.token_embedding.weight.detach() @ w  # the loss each token adds at a trigger slot
+    scores[model.special_token_ids] = float("inf")
+    best, worst = int(scores.argmin()), int(scores[scores.isfinite()].argmax())
+    tokens = torch.tensor([[18, 5, 6, 19, 0, 0, 0, 0], [18, 7, 19, 0, 0, 0, 0, 0]])
+    trigger = torch.full((2, 2), worst)
+    new, before, after = hotflip_attack(model, tokens, trigger, lambda f: (f @ w).sum(), num_candidates=1)
+    assert new.tolist() == [[best, best], [best, best]]  # every slot moved to the true minimiser
+    assert after == pytest.approx(before - 4 * float(scores[worst] - scores[best]), rel=1e-5) and after < before
+    again, before2, after2 = hotflip_attack(model, tokens, new, lambda f: (f @ w).sum(), num_candidates=3)
+    assert torch.equal(again, new) and after2 == pytest.approx(before2)  # at the optimum it stays put
 
 
 def test_decode_trigger(clip):

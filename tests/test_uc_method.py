@@ -174,11 +174,27 @@ def test_export_round_trip(tmp_path):
         assert np.abs(got.astype(int) - clean.astype(int)).max() <= 16  # |delta| <= eps after quantisation
 
 
-def test_train_on_cluster_and_determinism():
+def test_train_on_cluster_and_determinism(monkeypatch):
     ds = colour_groups(n=18)
+    seen = []
+    real = uc.train_generator
+
+    def spy(surrogate, images, target, cfg, device=None, *, indices=None, **kw):
+        seen.append(None if indices is None else sorted(indices.tolist()))
+        return real(surrogate, images, target, cfg, device, indices=indices, **kw)
+
+    monkeypatch.setattr(uc, "train_generator", spy)
     a = ob.uc.protect(ds, tiny_cfg(train_on="cluster", epochs=1), device="cpu", progress=False)
     b = ob.uc.protect(ds, tiny_cfg(train_on="cluster", epochs=1), device="cpu", progress=False)
     assert torch.equal(a.assignments, b.assignments) and torch.equal(a.noises, b.noises)
+    # each generator saw exactly its own cluster's members ...
+    members = [sorted(torch.nonzero(a.assignments == k).flatten().tolist()) for k in range(3)]
+    assert seen[:3] == [m for m in members if m] and all(seen)
+    # ... and that changed the generators: the same clustering, other noises than train_on="all"
+    seen.clear()
+    every = ob.uc.protect(ds, tiny_cfg(train_on="all", epochs=1), device="cpu", progress=False)
+    assert seen == [None] * 3 and torch.equal(every.assignments, a.assignments)
+    assert all(not torch.equal(every.noises[k], a.noises[k]) for k in range(3))
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,6 +94,23 @@ def test_uc_with_coarse_labels(tmp_path):
 SLOW = pytest.mark.slow
 
 
+def _noise(out):
+    return (out / "checkpoints" / "store" / "store.npy").read_bytes()
+
+
+def _weights(out, tag):
+    from safetensors.torch import load_file
+
+    return load_file(out / "checkpoints" / tag / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def undefended(tmp_path_factory):
+    """The reference run of the countermeasure tests: random noise, no countermeasure."""
+    out, _ = _run(tmp_path_factory.mktemp("undefended"), "--method", "random")
+    return out
+
+
 @pytest.mark.parametrize("method, labels, classes", [
     ("em-sample", "random-4", 4),
     pytest.param("em-class", "original", 10, marks=SLOW),
@@ -100,8 +118,10 @@ SLOW = pytest.mark.slow
     pytest.param("uc-clip", "random-2", 2, marks=SLOW),
 ])
 def test_other_methods(tmp_path, method, labels, classes):
-    _, results = _run(tmp_path, "--method", method, "--labels", labels)
+    out, results = _run(tmp_path, "--method", method, "--labels", labels)
     _check_metrics(results, classes)
+    noise = np.load(out / "checkpoints" / "store" / "store.npy")
+    assert np.count_nonzero(noise) > noise.size // 10  # the method perturbed the images
     assert results["metrics"]["store_mode"] == ("cluster" if method in ("em-class", "uc-clip") else "sample")
 
 
@@ -112,10 +132,15 @@ def test_other_methods(tmp_path, method, labels, classes):
     pytest.param("cutout", marks=SLOW),
     pytest.param("mixup", marks=SLOW),
 ])
-def test_countermeasures_run(tmp_path, countermeasure):
-    _, results = _run(tmp_path, "--method", "random", "--countermeasure", countermeasure)
+def test_countermeasures_run(tmp_path, countermeasure, undefended):
+    out, results = _run(tmp_path, "--method", "random", "--countermeasure", countermeasure)
     _check_metrics(results, 10)
     assert results["metrics"]["countermeasure"] == countermeasure
+    # the same protection and hackers without the defence: the defence changed both trainings
+    assert (out / "checkpoints" / "store" / "store.npy").read_bytes() == _noise(undefended)
+    for tag in ("target_clean", "target_protected"):
+        mine, plain = _weights(out, tag), _weights(undefended, tag)
+        assert not all(torch.equal(mine[k], plain[k]) for k in plain), tag
 
 
 @pytest.mark.parametrize("argv, words", [
