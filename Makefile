@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 # Tests run on CPU even where a GPU exists (as open_clip's tests do): CUDA_VISIBLE_DEVICES is empty.
 TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OBSTRUCT_PROFILE=quick MPLBACKEND=Agg PYTHONHASHSEED=0 CUDA_VISIBLE_DEVICES=
 PYTEST_ARGS ?=
-LINT_PATHS := obstructlib tests benchmarks notebooks
+LINT_PATHS := obstructlib tests benchmarks notebooks conftest.py
 
 .PHONY: lab test test-fast lint venv install-notebook install-dev clean help
 

@@ -1,4 +1,5 @@
-"""nbval settings for the course notebooks.
+"""nbval settings for the course notebooks (at the root: notebooks/conftest.py and tests/conftest.py
+would both be imported as the top-level module ``conftest`` under --doctest-modules).
 
 nbval waits only 5 s for a cell's output messages once the cell has finished; on a loaded
 2-core machine a cell that draws several figures can take longer to deliver them, and the
