@@ -394,7 +394,9 @@ def perturb_dataset(
             frozen_module=frozen_module,
         ).cpu()
         if cluster:
-            for k in np.unique(rows):  # Huang et al.: class noise <- mean of its members' results
+            # Huang et al.: class noise <- mean of its members' results (after the [0, 1] clip: a
+            # documented deviation, see obstructlib.primitives.poisons)
+            for k in np.unique(rows):
                 cluster_noise[k] = delta[torch.from_numpy(rows == k)].mean(0).clamp(-eps, eps)
         else:
             store.set(rows, delta)

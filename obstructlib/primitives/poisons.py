@@ -11,6 +11,13 @@
 All return a :class:`~obstructlib.data.PerturbationStore` (int8 pixel units, L-inf ball), indexed
 by dataset index (sample mode) or by class (cluster mode with ``assignments = labels``).
 
+Documented deviation (class-wise EM): after each batch's PGD, a class's noise becomes the mean of
+its members' deltas ``clip(x_i + delta, 0, 1) - x_i``, i.e. AFTER the [0, 1] image clip
+(:func:`~obstructlib.primitives.perturb.perturb_dataset`); the Unlearnable-Examples reference
+averages the members' deltas before that clip. Where many members of a class saturate a pixel,
+our class noise is smaller there; elsewhere the two agree. Kept because the averaged delta is
+then one that every member actually received.
+
 References:
     Huang et al., Unlearnable Examples, arXiv:2101.04898.
     Fowl et al., Adversarial Examples Make Strong Poisons, arXiv:2106.10807.
