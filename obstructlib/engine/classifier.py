@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -280,7 +280,7 @@ def fit_classifier(
     cfg.validate()
     device = resolve_device(device)
     world = get_world_size()
-    steps_per_epoch = full_batches_per_epoch(len(train_set), cfg.batch_size, "training items")
+    steps_per_epoch = full_batches_per_epoch(len(cast(Sized, train_set)), cfg.batch_size, "training items")
     model.to(device)
     optimizer = _optimizer(model, cfg)
     scheduler = _scheduler(optimizer, cfg, cfg.epochs * steps_per_epoch)

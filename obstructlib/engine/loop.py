@@ -98,7 +98,8 @@ class ResumableLoop:
             raise ConfigError(f"checkpoint every={every} units: use 1 or more")
         self.total, self.every = int(total), int(every)
         self.ckpt_dir, self.model, self.optimizer, self.scheduler = ckpt_dir, model, optimizer, scheduler
-        self.config = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
+        is_instance = dataclasses.is_dataclass(config) and not isinstance(config, type)
+        self.config = dataclasses.asdict(config) if is_instance else config
         self.history: History = history if history is not None else {}
         self._extra, self._on_saved, self.progress, self.desc = extra, on_saved, progress, desc
         self.start, self.resumed, self.stopped = 0, {}, False

@@ -79,7 +79,9 @@ def gaussian_mmd(x: torch.Tensor, y: torch.Tensor, num_kernels: int = 5, kernel_
     n = pooled.shape[0]
     base = d2.detach().sum() / max(n * n - n, 1)
     base = base / kernel_mul ** (num_kernels // 2)
-    kernel = sum(torch.exp(-d2 / (base * kernel_mul**k + 1e-12)) for k in range(num_kernels))
+    kernel = torch.zeros_like(d2)  # summed in the order sum() would (a typed start instead of 0)
+    for k in range(num_kernels):
+        kernel = kernel + torch.exp(-d2 / (base * kernel_mul**k + 1e-12))
     nx = x.shape[0]
     return kernel[:nx, :nx].mean() + kernel[nx:, nx:].mean() - 2 * kernel[:nx, nx:].mean()
 
