@@ -45,6 +45,18 @@ def clip():
     return create_clip("tiny-rn", context_length=12)
 
 
+class Recording(torch.nn.Module):
+    """``model`` that also records the tokens each forward feeds its text tower (into ``seen``)."""
+
+    def __init__(self, model, seen):
+        super().__init__()
+        self.model, self.seen, self.eot_token_id = model, seen, model.eot_token_id
+
+    def forward(self, images, toks):
+        self.seen.append(toks.clone())
+        return self.model(images, toks)
+
+
 def published_loss(model, data, store=None, triggers=None, rows=None) -> float:
     """``model``'s CLIP loss on all pairs as one batch, as published (noise, 8-bit rounding, triggers)."""
     view = ProtectedPairs(data, tokenize_captions(model, data.captions), model.eot_token_id, store,
@@ -109,17 +121,7 @@ def test_trigger_stays_with_its_image_when_captions_are_shuffled():
     tokens = tokenize_captions(model, data.captions)
     triggers = torch.arange(100, 124).view(8, 3)
     seen = []
-
-    class Spy(torch.nn.Module):  # records what the image step feeds the text tower
-        def __init__(self):
-            super().__init__()
-            self.eot_token_id = model.eot_token_id
-
-        def forward(self, images, toks):
-            seen.append(toks.clone())
-            return model(images, toks)
-
-    state = PairState(Spy(), tokens, triggers, np.arange(8), 2, shuffle=True, amp=False)
+    state = PairState(Recording(model, seen), tokens, triggers, np.arange(8), 2, shuffle=True, amp=False)
     idx = torch.tensor([5, 1, 7, 0, 2, 6, 3, 4])
     for _ in range(4):
         state.image_loss(torch.rand(8, 3, 16, 16), (idx,))
@@ -155,17 +157,7 @@ def test_noshuffle_feeds_each_image_its_own_caption_and_changes_the_noise():
     tokens = tokenize_captions(model, data.captions)
     triggers = torch.arange(100, 124).view(8, 3)
     seen = []
-
-    class Spy(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.eot_token_id = model.eot_token_id
-
-        def forward(self, images, toks):
-            seen.append(toks.clone())
-            return model(images, toks)
-
-    state = PairState(Spy(), tokens, triggers, np.arange(8), 2, shuffle=False, amp=False)
+    state = PairState(Recording(model, seen), tokens, triggers, np.arange(8), 2, shuffle=False, amp=False)
     idx = torch.tensor([5, 1, 7, 0, 2, 6, 3, 4])
     for _ in range(3):
         state.image_loss(torch.rand(8, 3, 16, 16), (idx,))
