@@ -23,11 +23,15 @@ import types
 import typing
 from collections.abc import Sequence
 from fractions import Fraction
-from typing import Any, TypeVar, Union
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 from obstructlib.errors import ConfigError
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 T = TypeVar("T")
+DataclassT = TypeVar("DataclassT", bound="DataclassInstance")
 
 _NONE = {"none", "null", ""}
 _TRUE = {"1", "true", "yes", "on"}
@@ -80,8 +84,8 @@ def parse_value(key: str, text: str, typ: Any) -> Any:
             raise ConfigError(f"--set {key}={text}: choose one of {', '.join(map(str, choices))}")
         return text
     if origin in (tuple, list, Sequence) or typ in (tuple, list):
-        args = typing.get_args(typ)
-        inner = args[0] if args else str
+        item_types = typing.get_args(typ)
+        inner = item_types[0] if item_types else str
         items = [t for t in text.split(",") if t.strip()]
         values = [parse_value(key, t.strip(), inner) for t in items]
         return tuple(values) if origin is tuple or typ is tuple else values
@@ -92,7 +96,7 @@ def _fields(cfg: Any) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cfg)}
 
 
-def set_field(cfg: T, key: str, text: str) -> T:
+def set_field(cfg: DataclassT, key: str, text: str) -> DataclassT:
     """Return a copy of dataclass ``cfg`` with dotted ``key`` set from ``text``."""
     head, _, rest = key.partition(".")
     fields = _fields(cfg)
@@ -106,7 +110,7 @@ def set_field(cfg: T, key: str, text: str) -> T:
     hints = typing.get_type_hints(type(cfg))
     current = getattr(cfg, head)
     if rest:
-        if not dataclasses.is_dataclass(current):
+        if not dataclasses.is_dataclass(current) or isinstance(current, type):  # a dataclass instance only
             raise ConfigError(f"--set {key}: {head!r} has no sub-keys")
         return dataclasses.replace(cfg, **{head: set_field(current, rest, text)})
     if dataclasses.is_dataclass(current):
@@ -163,7 +167,7 @@ def link(cfg: T) -> T:
     return cfg
 
 
-def apply_overrides(cfg: T, overrides: Sequence[str] | None) -> T:
+def apply_overrides(cfg: DataclassT, overrides: Sequence[str] | None) -> DataclassT:
     """Apply ``key=value`` strings to a dataclass config (returns a new config).
 
     Args:

@@ -16,7 +16,7 @@ import numpy as np
 import seaborn as sns
 import torch
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure, SubFigure
 
 from obstructlib.errors import ConfigError
 
@@ -54,6 +54,12 @@ def _images_hwc(images: torch.Tensor | np.ndarray) -> np.ndarray:
             f"images have shape {tuple(x.shape)}: pass (B, C, H, W) with C = 1 or 3, values in [0, 1]"
         )
     return np.clip(x.transpose(0, 2, 3, 1), 0.0, 1.0)
+
+
+def _figure_of(ax: Axes) -> Figure:
+    """The top-level :class:`Figure` that ``ax`` draws in (the root figure for an axes of a SubFigure)."""
+    fig = ax.figure
+    return fig.figure if isinstance(fig, SubFigure) else fig  # a SubFigure's .figure is the root Figure
 
 
 def _show(ax: Axes, img: np.ndarray) -> None:
@@ -115,7 +121,7 @@ def image_grid(
         if titles is not None:
             raise ConfigError("titles need one axes per image: call image_grid without ax")
         _show(ax, _mosaic(x, nrow))
-        return ax.figure
+        return _figure_of(ax)
     ncol, rows = min(nrow, len(x)), math.ceil(len(x) / nrow)
     fig, axes = plt.subplots(
         rows, ncol, figsize=(1.3 * ncol, 1.3 * rows + 0.25 * (titles is not None) * rows), squeeze=False
@@ -250,8 +256,9 @@ def plot_curves(
     if title:
         ax.set_title(title)
     ax.legend(frameon=False)
-    ax.figure.tight_layout()
-    return ax.figure
+    fig = _figure_of(ax)
+    fig.tight_layout()
+    return fig
 
 
 def bar_table(
@@ -301,5 +308,6 @@ def bar_table(
         ax.set_title(title)
     if len(names) > 4:
         plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
-    ax.figure.tight_layout()
-    return ax.figure
+    fig = _figure_of(ax)
+    fig.tight_layout()
+    return fig

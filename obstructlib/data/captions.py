@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -109,8 +109,8 @@ class CaptionDataset(Dataset):
             self._source, self._source_index = images.dataset, np.asarray(images.indices, np.int64)
         elif isinstance(images, Dataset):
             self._source, self._source_index = images, np.arange(len(images))
-        else:
-            self._paths = [str(p) for p in images]
+        else:  # neither an array nor a dataset: the documented third form, a list of image files
+            self._paths = [str(p) for p in cast("Sequence[str | Path]", images)]
         self.captions = [str(c) for c in captions]
         self.image_ids = np.asarray(image_ids, dtype=np.int64).reshape(-1)
         if len(self.image_ids) != len(self.captions):
@@ -164,9 +164,16 @@ class CaptionDataset(Dataset):
         elif self._paths is not None:
             return to_float_image(_decode_file(self._paths[image_index], self.image_size))
         else:
-            src, j = self._source, int(self._source_index[image_index])
+            src, index = self._source_backing()
+            j = int(index[image_index])
             x = src.get_image(j) if hasattr(src, "get_image") else src[j][0]
         return x if self.image_size is None else _resize_short_crop(x, self.image_size)
+
+    def _source_backing(self) -> tuple[Dataset, np.ndarray]:
+        """The source dataset and its index map, for a set backed by another dataset."""
+        if self._source is None or self._source_index is None:
+            raise ValueError("this CaptionDataset is backed by an array or files, not by a source dataset")
+        return self._source, self._source_index
 
     @property
     def image_paths(self) -> list[str] | None:
@@ -231,7 +238,8 @@ class CaptionDataset(Dataset):
         elif self._paths is not None:
             images = [self._paths[i] for i in keep]
         else:
-            images = torch.utils.data.Subset(self._source, self._source_index[keep].tolist())
+            source, index = self._source_backing()
+            images = torch.utils.data.Subset(source, index[keep].tolist())
         out = CaptionDataset(
             images,
             [self.captions[i] for i in pair_idx],
@@ -286,7 +294,7 @@ def default_templates() -> list[Callable[[str], str]]:
 
 
 def templated_captions(
-    dataset: Dataset,
+    dataset: SizedDataset,
     templates: Sequence[str | Callable[[str], str]] | None = None,
     classes: Sequence[str] | None = None,
     captions_per_image: int = 1,

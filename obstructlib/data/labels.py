@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from obstructlib.data.base import SizedDataset
 from obstructlib.data.wrappers import labels_of
 from obstructlib.errors import ConfigError
 
@@ -61,7 +62,7 @@ def parse_protocol(protocol: str) -> tuple[str, int | None]:
     return "random", int(match.group(1))
 
 
-def superclass_map(dataset: Dataset) -> np.ndarray | None:
+def superclass_map(dataset: SizedDataset) -> np.ndarray | None:
     """The class -> superclass array of a dataset, or None when it has none.
 
     Reads ``superclass_of`` (the synthetic shapes) or ``fine_to_coarse`` (CIFAR-100), looking
@@ -74,7 +75,7 @@ def superclass_map(dataset: Dataset) -> np.ndarray | None:
     return None
 
 
-def superclass_names(dataset: Dataset) -> list[str] | None:
+def superclass_names(dataset: SizedDataset) -> list[str] | None:
     """Names of a dataset's superclasses (``superclasses`` or ``coarse_classes``), if it has them."""
     for name in ("superclasses", "coarse_classes"):
         value = getattr(dataset, name, None)
@@ -197,16 +198,16 @@ class RelabelledDataset(Dataset):
 
     def __init__(
         self,
-        dataset: Dataset,
+        dataset: SizedDataset,
         new_labels: Sequence[int] | np.ndarray,
         classes: Sequence[str] | None = None,
         mapping: np.ndarray | None = None,
     ) -> None:
         self.dataset = dataset
         self.labels = np.asarray(new_labels, dtype=np.int64)
-        if len(self.labels) != len(dataset):  # type: ignore[arg-type]
+        if len(self.labels) != len(dataset):
             raise ConfigError(
-                f"{len(self.labels)} new labels for {len(dataset)} items: give one label per item"  # type: ignore[arg-type]
+                f"{len(self.labels)} new labels for {len(dataset)} items: give one label per item"
             )
         num = int(self.labels.max()) + 1 if len(self.labels) else 0
         self.classes = list(classes) if classes is not None else [str(c) for c in range(num)]
@@ -231,7 +232,7 @@ class RelabelledDataset(Dataset):
         return getattr(self.__dict__["dataset"], name)
 
 
-def relabel_dataset(dataset: Dataset, protocol: str, *, seed: int = 0) -> RelabelledDataset:
+def relabel_dataset(dataset: SizedDataset, protocol: str, *, seed: int = 0) -> RelabelledDataset:
     """Apply a label protocol to a whole classification dataset.
 
     The class count m is ``len(dataset.classes)`` (else ``max(label) + 1``); ``"coarse"`` reads

@@ -18,6 +18,16 @@ from obstructlib.errors import ConfigError
 
 
 # ------------------------------------------------------------------------------------------ imagenet
+class ImageNetDataset(ImageFolderDataset):
+    """ImageNet images read lazily; ``classes`` are readable names when all 1000 wnids are present.
+
+    Attributes:
+        wnids: the class folders (WordNet ids), index-aligned with the labels.
+    """
+
+    wnids: list[str]
+
+
 @register_dataset(
     "imagenet",
     fetch=FETCH.format(name="imagenet", root="{root}"),
@@ -35,7 +45,7 @@ def load_imagenet(
     seed: int = 0,
     download: bool = False,
     progress: bool = True,
-) -> ImageFolderDataset:
+) -> ImageNetDataset:
     """ImageNet from ``ROOT/imagenet/{train,val}/<wnid>/*.JPEG`` (``"test"`` reads ``val/``), lazily.
 
     Each image is resized on its short side to ``image_size`` and centre-cropped. With all 1000 wnids
@@ -59,7 +69,7 @@ def load_imagenet(
         from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES  # indexed by sorted wnid
 
         classes = list(IMAGENET_CLASSNAMES)
-    ds = ImageFolderDataset(
+    ds = ImageNetDataset(
         [paths[i] for i in idx],
         labels[idx],
         classes,
@@ -81,6 +91,9 @@ class CelebADataset(ImageFolderDataset):
         attributes: the chosen target attribute names.
     """
 
+    attr_names: list[str]
+    attrs: np.ndarray
+    attributes: list[str]
     _per_sample = ("paths", "labels", "attrs")
 
 

@@ -35,7 +35,8 @@ def load_pairs(spec: str, root: str | Path | None, split: str, *, image_size: in
         progress: show decoding progress bars.
     """
     if dataset_kind(spec) == "captions":
-        pairs = load_dataset(spec, root, split, image_size=image_size, progress=progress)
+        # a CaptionDataset, or a RestyledDataset that forwards num_images / subset_images to one
+        pairs: Any = load_dataset(spec, root, split, image_size=image_size, progress=progress)
         if max_samples is not None and max_samples < pairs.num_images:
             rng = np.random.default_rng(seed)
             pairs = pairs.subset_images(np.sort(rng.choice(pairs.num_images, max_samples, replace=False)))

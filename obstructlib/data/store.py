@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from obstructlib.data.base import SizedDataset
 from obstructlib.data.wrappers import labels_of
 from obstructlib.errors import ConfigError
 
@@ -283,13 +283,13 @@ def _folder_name(name: str) -> str:
 
 
 def export_protected(
-    dataset: Dataset,
+    dataset: SizedDataset,
     store: PerturbationStore,
     out_dir: str | Path,
     classes: Sequence[str] | None = None,
     progress: bool = True,
     *,
-    test_dataset: Dataset | None = None,
+    test_dataset: SizedDataset | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write the protected images ``round(clip(x + delta, 0, 1) * 255)`` as 8-bit PNGs in an ImageFolder tree.
@@ -314,11 +314,11 @@ def export_protected(
         ``out_dir`` as a Path.
     """
     out_dir = Path(out_dir)
-    if len(dataset) != store.num_samples:  # type: ignore[arg-type]
+    if len(dataset) != store.num_samples:
         raise ConfigError(
             f"dataset has {len(dataset)} samples but the store covers {store.num_samples}: "
             "pass the protected split"
-        )  # type: ignore[arg-type]
+        )
     if out_dir.exists() and not overwrite:
         raise ConfigError(f"{out_dir} already exists: delete it or pass overwrite=True")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -329,12 +329,13 @@ def export_protected(
                 continue
             names = list(classes if classes is not None else getattr(ds, "classes", []) or [])
             labels = labels_of(ds)
-            lazy = labels is not None and hasattr(ds, "get_image")  # skip the transform and a second decode
-            n = len(ds)  # type: ignore[arg-type]
+            # read the image before the transform and without a second decode when the labels are known
+            get_image = getattr(ds, "get_image", None) if labels is not None else None
+            n = len(ds)
             width = max(5, len(str(n - 1)))
             for i in tqdm(range(n), disable=not progress, desc=f"export {split}"):
-                if lazy:
-                    x, label = ds.get_image(i), int(labels[i])
+                if get_image is not None and labels is not None:
+                    x, label = get_image(i), int(labels[i])
                 else:
                     item = ds[i]
                     x, label = item[0], int(item[1])

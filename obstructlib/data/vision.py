@@ -134,7 +134,7 @@ def _locate(
     if absent:
         where = absent[0] if absent[0].parent.is_dir() else absent[0].parent
         raise missing(name, where, fetch_hint(name, root))
-    return found  # type: ignore[return-value]  (no None left)
+    return [p for p in found if p is not None]  # every entry was found (absent is empty)
 
 
 def _load(

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sized
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from obstructlib.engine.distributed import (
@@ -39,6 +39,9 @@ from obstructlib.engine.loop import ResumableLoop
 from obstructlib.engine.utils import autocast, grad_scaler, resolve_device
 from obstructlib.errors import ConfigError, check_min, check_range
 from obstructlib.metrics import accuracy
+
+if TYPE_CHECKING:
+    from obstructlib.data.base import SizedDataset
 
 # A per-batch hook of train_one_epoch: (images, labels) -> (images to train on, loss_fn or None).
 BatchHook = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, Callable | None]]
@@ -240,8 +243,8 @@ def _scheduler(optimizer: torch.optim.Optimizer, cfg: ClassifierTrainConfig, tot
 
 def fit_classifier(
     model: nn.Module,
-    train_set: Dataset,
-    test_set: Dataset | None,
+    train_set: SizedDataset,
+    test_set: SizedDataset | None,
     cfg: ClassifierTrainConfig,
     device: torch.device | str | None,
     *,
@@ -280,7 +283,7 @@ def fit_classifier(
     cfg.validate()
     device = resolve_device(device)
     world = get_world_size()
-    steps_per_epoch = full_batches_per_epoch(len(cast(Sized, train_set)), cfg.batch_size, "training items")
+    steps_per_epoch = full_batches_per_epoch(len(train_set), cfg.batch_size, "training items")
     model.to(device)
     optimizer = _optimizer(model, cfg)
     scheduler = _scheduler(optimizer, cfg, cfg.epochs * steps_per_epoch)

@@ -24,12 +24,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
 
 from obstructlib.engine.distributed import (
     all_gather_with_grad,
@@ -43,6 +42,10 @@ from obstructlib.engine.distributed import (
 from obstructlib.engine.loop import ResumableLoop
 from obstructlib.engine.utils import autocast, grad_scaler, resolve_device
 from obstructlib.errors import ConfigError, check_min, check_range
+
+if TYPE_CHECKING:
+    from obstructlib.data.base import SizedDataset
+    from obstructlib.models.clip import ClipModel
 
 __all__ = ["ClipTrainConfig", "clip_loss", "fit_clip"]
 
@@ -150,8 +153,9 @@ def clip_adamw(model: nn.Module, cfg: ClipTrainConfig) -> torch.optim.AdamW:
         {"params": [p for n, p in named if not _no_decay(n, p)], "weight_decay": cfg.weight_decay},
         {"params": [p for n, p in named if _no_decay(n, p)], "weight_decay": 0.0},
     ]
+    betas = cast("tuple[float, float]", tuple(cfg.betas))  # a declared pair; tuple() only turns a list into one
     return torch.optim.AdamW(
-        [g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps
+        [g for g in groups if g["params"]], lr=cfg.lr, betas=betas, eps=cfg.eps
     )
 
 
@@ -171,7 +175,7 @@ def _collate_pairs(
 
 def _train_step(
     ddp_model: nn.Module,
-    bare: nn.Module,
+    bare: ClipModel,
     batch: tuple[torch.Tensor, torch.Tensor],
     optimizer: Any,
     scheduler: Any,
@@ -199,7 +203,7 @@ def _train_step(
 
 def fit_clip(
     model: nn.Module,
-    train_set: Dataset,
+    train_set: SizedDataset,
     cfg: ClipTrainConfig,
     device: torch.device | str | None,
     *,
@@ -241,10 +245,15 @@ def fit_clip(
     device = resolve_device(device)
     world = get_world_size()
     steps_per_epoch = full_batches_per_epoch(len(train_set), cfg.batch_size, "training pairs")
-    total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
+    if cfg.steps is not None:
+        total = cfg.steps
+    elif cfg.epochs is not None:
+        total = cfg.epochs * steps_per_epoch
+    else:  # validate() has already refused this
+        raise ConfigError("set either steps or epochs of the CLIP training config")
     stop_at = total if max_steps is None else min(total, max_steps)
     model.to(device)
-    bare = unwrap(model)
+    bare = cast("ClipModel", unwrap(model))  # unwrap strips DDP/compile off the ClipModel
     optimizer = clip_adamw(bare, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, partial(_warmup_cosine, warmup=cfg.warmup_steps, total=total)

@@ -8,7 +8,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -20,6 +20,10 @@ from obstructlib.engine.distributed import unwrap
 from obstructlib.engine.utils import autocast, resolve_device
 from obstructlib.errors import ConfigError
 from obstructlib.metrics import retrieval_metrics, zero_shot_accuracy
+
+if TYPE_CHECKING:
+    from obstructlib.data.base import SizedDataset
+    from obstructlib.models.clip import ClipModel
 
 __all__ = ["encode_dataset", "evaluate_clip"]
 
@@ -37,7 +41,7 @@ def _default_templates() -> list[Any]:
 class _FirstPairImages(Dataset):
     """The image of the first pair of each distinct image (fallback for generic caption datasets)."""
 
-    def __init__(self, pairs: Dataset, first: Sequence[int]) -> None:
+    def __init__(self, pairs: SizedDataset, first: Sequence[int]) -> None:
         self.pairs, self.first = pairs, list(first)
 
     def __len__(self) -> int:
@@ -47,14 +51,17 @@ class _FirstPairImages(Dataset):
         return self.pairs[self.first[j]][0], j
 
 
-def _pair_structure(dataset: Dataset) -> tuple[Dataset, list[str], np.ndarray, np.ndarray | None]:
+def _pair_structure(dataset: SizedDataset) -> tuple[Dataset, list[str], np.ndarray, np.ndarray | None]:
     """(image dataset, captions, caption -> image row, per-image labels or None)."""
     if hasattr(dataset, "image_dataset") and hasattr(dataset, "image_ids") and hasattr(dataset, "captions"):
         labels = getattr(dataset, "image_labels", None)
         return dataset.image_dataset(), list(dataset.captions), np.asarray(dataset.image_ids), labels
     # Generic datasets: one scan over the pairs, images grouped by image_id in order of appearance.
     rows: dict[int, int] = {}
-    first, captions, ids, pair_labels = [], [], [], getattr(dataset, "labels", None)
+    first: list[int] = []
+    captions: list[str] = []
+    ids: list[int] = []
+    pair_labels = getattr(dataset, "labels", None)
     for i in range(len(dataset)):
         _, caption, image_id = dataset[i]
         if int(image_id) not in rows:
@@ -69,14 +76,14 @@ def _pair_structure(dataset: Dataset) -> tuple[Dataset, list[str], np.ndarray, n
 @torch.no_grad()
 def _encode(
     model: nn.Module,
-    dataset: Dataset,
+    dataset: SizedDataset,
     device: torch.device,
     batch_size: int,
     progress: bool,
     amp: bool,
     num_workers: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray | None]:
-    bare = unwrap(model).to(device).eval()
+    bare = cast("ClipModel", unwrap(model)).to(device).eval()  # unwrap strips DDP/compile off the ClipModel
     images, captions, ids, labels = _pair_structure(dataset)
     image_features = []
     loader = DataLoader(images, batch_size=batch_size, num_workers=num_workers)
@@ -97,7 +104,7 @@ def _encode(
 
 def encode_dataset(
     model: nn.Module,
-    dataset: Dataset,
+    dataset: SizedDataset,
     device: torch.device | str | None,
     batch_size: int = 256,
     *,
@@ -130,7 +137,7 @@ def encode_dataset(
 
 def evaluate_clip(
     model: nn.Module,
-    test_set: Dataset,
+    test_set: SizedDataset,
     device: torch.device | str | None,
     *,
     classnames: Sequence[str] | None = None,
@@ -167,7 +174,7 @@ def evaluate_clip(
     metrics["num_images"], metrics["num_captions"] = int(image_features.shape[0]), int(text_features.shape[0])
     classes = list(classnames) if classnames is not None else list(getattr(test_set, "classes", None) or [])
     if labels is not None and classes:
-        bare = unwrap(model)
+        bare = cast("ClipModel", unwrap(model))  # unwrap strips DDP/compile off the ClipModel
         with autocast(device, enabled=amp):
             prompts = templates or getattr(test_set, "templates", None) or _default_templates()
             classifier = bare.zero_shot_classifier(classes, prompts, device=device).float()

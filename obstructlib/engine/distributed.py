@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.distributed as dist
@@ -24,6 +24,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from obstructlib.errors import ConfigError
+
+if TYPE_CHECKING:
+    from obstructlib.data.base import SizedDataset
 
 __all__ = [
     "DistInfo",
@@ -193,7 +196,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def epoch_loader(
-    dataset: Dataset,
+    dataset: SizedDataset,
     batch_size: int,
     *,
     seed: int,
@@ -222,14 +225,15 @@ def epoch_loader(
         collate_fn: optional collate function.
         pin_memory: pin host memory (for CUDA training).
     """
-    sampler = DistributedSampler(
-        dataset, num_replicas=get_world_size(), rank=get_rank(), shuffle=True, seed=seed, drop_last=True
+    torch_dataset = cast(Dataset, dataset)  # torch annotates its nominal Dataset; any map-style dataset works
+    sampler: DistributedSampler[int] = DistributedSampler(
+        torch_dataset, num_replicas=get_world_size(), rank=get_rank(), shuffle=True, seed=seed, drop_last=True
     )
     sampler.set_epoch(epoch)
     indices = list(sampler)[skip_batches * batch_size :]
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)  # worker seeds only
     return DataLoader(
-        dataset,
+        torch_dataset,
         batch_size=batch_size,
         sampler=indices,
         drop_last=True,
@@ -241,7 +245,7 @@ def epoch_loader(
 
 
 def shard_loader(
-    dataset: Dataset,
+    dataset: SizedDataset,
     batch_size: int,
     *,
     num_workers: int = 0,
@@ -250,7 +254,11 @@ def shard_loader(
     """In-order, unpadded shard ``rank::world_size`` of ``dataset`` for evaluation (sum results over ranks)."""
     indices = list(range(get_rank(), len(dataset), get_world_size()))
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=indices, num_workers=num_workers, collate_fn=collate_fn
+        cast(Dataset, dataset),  # torch annotates its nominal Dataset; any map-style dataset works
+        batch_size=batch_size,
+        sampler=indices,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import random
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -142,7 +142,9 @@ def rng_state() -> dict[str, Any]:
     The result holds only tensors, ints, floats, strings, lists and tuples, so it survives
     ``torch.load(..., weights_only=True)``.
     """
-    np_state = np.random.get_state()
+    # numpy's global RandomState is MT19937, so the default legacy=True state is this tuple (the stub's
+    # first overload types the no-argument call as the dict form)
+    np_state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {

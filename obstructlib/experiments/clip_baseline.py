@@ -81,7 +81,7 @@ def run(cfg: ClipRunConfig, ctx: RunContext) -> dict[str, Any]:
         history = fit_clip(model, train, cfg.train, ctx.device, ckpt_dir=ctx.stage_dir("clip"),
                            progress=ctx.progress)
     with ctx.timer("evaluate"):
-        metrics = evaluate_clip(model, test, ctx.device)
+        metrics: dict[str, Any] = evaluate_clip(model, test, ctx.device)  # extended below with non-float entries
     per_image = max(1, round(len(test) / test.num_images))
     metrics["chance"] = chance_retrieval(test.num_images, per_image)
     if getattr(test, "classes", None):

@@ -25,7 +25,7 @@ import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict
 
 import numpy as np
 import torch
@@ -329,6 +329,15 @@ def _hacker(cfg: MEMRunConfig, ctx: RunContext) -> HackerConfig:
     )
 
 
+class _PairsKwargs(TypedDict):
+    """The :func:`~obstructlib.data.load_pairs` arguments the train and test splits share."""
+
+    image_size: int
+    captions_per_image: int
+    seed: int
+    progress: bool
+
+
 def _row(metrics: dict[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if k in RETRIEVAL_KEYS or k == "zero_shot_acc"}
 
@@ -337,13 +346,13 @@ def run(cfg: MEMRunConfig, ctx: RunContext) -> dict[str, Any]:
     """Protect, train clean and protected hackers, evaluate both on the clean test split."""
     check_run_folder(cfg, ctx)
     with ctx.timer("data"):
-        kw = {"image_size": cfg.image_size, "captions_per_image": cfg.captions_per_image, "seed": ctx.seed,
-                  "progress": ctx.progress}
+        kw: _PairsKwargs = {"image_size": cfg.image_size, "captions_per_image": cfg.captions_per_image,
+                            "seed": ctx.seed, "progress": ctx.progress}
         train = load_pairs(cfg.dataset, ctx.data_root, "train", max_samples=cfg.max_train_samples, **kw)
         test = load_pairs(cfg.dataset, ctx.data_root, "test", max_samples=cfg.max_test_samples, **kw)
         if hasattr(train, "decode_all") and train.num_images * cfg.image_size**2 * 3 < 2**31:
             train.decode_all()  # decode once: every round reads every pair
-    used = [(cfg.train, "train")]
+    used: list[tuple[ClipTrainConfig | MEMConfig, str]] = [(cfg.train, "train")]
     if cfg.method.startswith("mem"):
         used.append((cfg.mem, "mem"))
     elif cfg.method == "em":

@@ -29,13 +29,13 @@ import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from obstructlib.data import ArrayImageDataset, load_domain, split_style
+from obstructlib.data import ArrayImageDataset, SizedDataset, load_domain, split_style
 from obstructlib.engine import ClassifierTrainConfig, fit_classifier
 from obstructlib.errors import ConfigError, check_range
 from obstructlib.experiments import Flag, RunContext, Runner, register_runner
@@ -212,9 +212,11 @@ def resolve(cfg: NTPRunConfig, seed: int) -> NTPRunConfig:
 
 
 # ---- stages ----------------------------------------------------------------------------------
-def _source_model(cfg: NTPRunConfig, ctx: RunContext, train: Dataset, test: Dataset) -> tuple[Any, float]:
+def _source_model(
+    cfg: NTPRunConfig, ctx: RunContext, train: ArrayImageDataset, test: SizedDataset
+) -> tuple[Any, float]:
     torch.manual_seed(ctx.seed)
-    model = create_model(cfg.arch, num_classes=len(train.classes))  # type: ignore[attr-defined]
+    model = create_model(cfg.arch, num_classes=len(train.classes))
     if cfg.source_init == "simclr":  # the SSL variant: a contrastive encoder, then the supervised head
         with ctx.timer("simclr_pretraining"):
             simclr_pretrain(model, train, cfg.simclr, ctx.device,
@@ -294,10 +296,18 @@ def _protect(cfg: NTPRunConfig, ctx: RunContext, source_model: Any, s_train: Arr
     return model, masks, info
 
 
+class _DomainKwargs(TypedDict):
+    """The :func:`~obstructlib.data.load_domain` arguments every split shares."""
+
+    seed: int
+    data_root: Path
+    progress: bool
+
+
 def run(cfg: NTPRunConfig, ctx: RunContext) -> dict[str, Any]:
     """Train the source model, protect it, attack it at every budget, report SLC-AUC."""
     check_run_folder(cfg, ctx)
-    where = {"seed": ctx.seed, "data_root": ctx.data_root, "progress": ctx.progress}
+    where: _DomainKwargs = {"seed": ctx.seed, "data_root": ctx.data_root, "progress": ctx.progress}
     with ctx.timer("data"):
         s_train = load_domain(cfg.source, "train", image_size=cfg.image_size, max_samples=cfg.max_source_train, **where)
         s_test = load_domain(cfg.source, "test", image_size=cfg.image_size, max_samples=cfg.max_test, **where)

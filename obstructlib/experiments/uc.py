@@ -31,10 +31,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from torch.utils.data import Dataset
 
 from obstructlib.config import check_linked, link
-from obstructlib.data import PerturbationStore, ProtectedDataset, load_dataset, seeded_subset
+from obstructlib.data import LabelledSubset, PerturbationStore, ProtectedDataset, load_dataset, seeded_subset
 from obstructlib.data.labels import parse_protocol, relabel_dataset
 from obstructlib.engine import ClassifierTrainConfig, fit_classifier
 from obstructlib.errors import ConfigError, check_range
@@ -250,7 +249,7 @@ def _augment(cfg: UCRunConfig) -> Any:
     return pad_crop_flip if cfg.augment else None
 
 
-def _load_split(cfg: UCRunConfig, ctx: RunContext, split: str, max_samples: int | None) -> Dataset:
+def _load_split(cfg: UCRunConfig, ctx: RunContext, split: str, max_samples: int | None) -> LabelledSubset:
     ds = load_dataset(cfg.dataset, ctx.data_root, split, image_size=cfg.image_size, channels=3,
                       progress=ctx.progress)
     return seeded_subset(ds, max_samples, seed=ctx.seed)
@@ -259,19 +258,19 @@ def _load_split(cfg: UCRunConfig, ctx: RunContext, split: str, max_samples: int 
 # ---- protection ------------------------------------------------------------------------------
 # The protections, name -> protect(cfg, ctx, train, work) -> (store, info); the runner dispatches by lookup.
 PROTECTIONS: Registry = Registry("protection")
-Protection = Callable[[Any, RunContext, Dataset, Any], tuple[PerturbationStore, dict[str, Any]]]
+Protection = Callable[[Any, RunContext, LabelledSubset, Any], tuple[PerturbationStore, dict[str, Any]]]
 
 
 @PROTECTIONS.register("random")
-def _protect_random(cfg: UCRunConfig, ctx: RunContext, train: Dataset, work: Path | None) -> tuple:
+def _protect_random(cfg: UCRunConfig, ctx: RunContext, train: LabelledSubset, work: Path | None) -> tuple:
     """Uniform noise in the eps-ball (the "noise alone does nothing" baseline)."""
     with ctx.timer("noise_generation"):
-        store = random_noise_store(len(train), tuple(train[0][0].shape), cfg.eps, seed=ctx.seed)  # type: ignore[arg-type]
+        store = random_noise_store(len(train), tuple(train[0][0].shape), cfg.eps, seed=ctx.seed)
     return store, {}
 
 
-def _protect_em(cfg: UCRunConfig, ctx: RunContext, train: Dataset, work: Path | None, mode: str) -> tuple:
-    model = create_model(cfg.protector_model, num_classes=len(train.classes))  # type: ignore[attr-defined]
+def _protect_em(cfg: UCRunConfig, ctx: RunContext, train: LabelledSubset, work: Path | None, mode: str) -> tuple:
+    model = create_model(cfg.protector_model, num_classes=len(train.classes))
     with ctx.timer("noise_generation"):
         store = error_minimizing_noise(model, train, cfg.em, ctx.device, mode=mode, progress=ctx.progress,
                                        ckpt_dir=work)
@@ -279,21 +278,21 @@ def _protect_em(cfg: UCRunConfig, ctx: RunContext, train: Dataset, work: Path | 
 
 
 @PROTECTIONS.register("em-sample")
-def _protect_em_sample(cfg: UCRunConfig, ctx: RunContext, train: Dataset, work: Path | None) -> tuple:
+def _protect_em_sample(cfg: UCRunConfig, ctx: RunContext, train: LabelledSubset, work: Path | None) -> tuple:
     """Sample-wise error-minimising noise (arXiv 2101.04898), crafted with the ORIGINAL labels."""
     return _protect_em(cfg, ctx, train, work, "sample")
 
 
 @PROTECTIONS.register("em-class")
-def _protect_em_class(cfg: UCRunConfig, ctx: RunContext, train: Dataset, work: Path | None) -> tuple:
+def _protect_em_class(cfg: UCRunConfig, ctx: RunContext, train: LabelledSubset, work: Path | None) -> tuple:
     """Class-wise error-minimising noise (arXiv 2101.04898), crafted with the ORIGINAL labels."""
     return _protect_em(cfg, ctx, train, work, "class")
 
 
 @PROTECTIONS.register("tap")
-def _protect_tap(cfg: UCRunConfig, ctx: RunContext, train: Dataset, work: Path | None) -> tuple:
+def _protect_tap(cfg: UCRunConfig, ctx: RunContext, train: LabelledSubset, work: Path | None) -> tuple:
     """Targeted adversarial poisons (arXiv 2106.10807) against a model trained on the original labels."""
-    model = create_model(cfg.protector_model, num_classes=len(train.classes))  # type: ignore[attr-defined]
+    model = create_model(cfg.protector_model, num_classes=len(train.classes))
     with ctx.timer("protector_training"):
         hist = fit_classifier(model, ProtectedDataset(train, None, augment=_augment(cfg)), None, cfg.train,
                               ctx.device, ckpt_dir=None if work is None else work / "clean_model",
@@ -304,18 +303,20 @@ def _protect_tap(cfg: UCRunConfig, ctx: RunContext, train: Dataset, work: Path |
     return store, {"protector_train_acc": hist["train_acc"][-1]}
 
 
-def _protect(cfg: UCRunConfig, ctx: RunContext, train: Dataset) -> tuple[PerturbationStore, dict[str, Any]]:
+def _protect(cfg: UCRunConfig, ctx: RunContext, train: LabelledSubset) -> tuple[PerturbationStore, dict[str, Any]]:
     """Run ``cfg.method`` on ``train`` (original labels available to EM/TAP only)."""
     return PROTECTIONS.get(cfg.method)(cfg, ctx, train, ctx.stage_dir("protector"))
 
 
 @PROTECTIONS.register("uc")
-def _protect_uc(cfg: UCRunConfig, ctx: RunContext, train: Dataset, work: Path | None) -> tuple[PerturbationStore, dict]:
+def _protect_uc(
+    cfg: UCRunConfig, ctx: RunContext, train: LabelledSubset, work: Path | None
+) -> tuple[PerturbationStore, dict]:
     """Unlearnable Clusters (arXiv 2301.01217): k-means of surrogate features, one generator per cluster."""
     uc_cfg = dataclasses.replace(cfg.uc, surrogate=cfg.clip_surrogate) if cfg.method == "uc-clip" else cfg.uc
     surrogate: Any = None  # protect() builds it from uc_cfg.surrogate
     if cfg.surrogate_epochs and uc_cfg.surrogate.startswith("classifier:"):
-        surrogate = create_model(uc_cfg.surrogate.split(":", 1)[1], num_classes=len(train.classes))  # type: ignore[attr-defined]
+        surrogate = create_model(uc_cfg.surrogate.split(":", 1)[1], num_classes=len(train.classes))
         recipe = dataclasses.replace(cfg.train, epochs=cfg.surrogate_epochs)
         with ctx.timer("surrogate_training"):
             fit_classifier(surrogate, ProtectedDataset(train, None, augment=_augment(cfg)), None, recipe, ctx.device,
@@ -335,12 +336,14 @@ def _protect_uc(cfg: UCRunConfig, ctx: RunContext, train: Dataset, work: Path | 
 
 
 @PROTECTIONS.register("uc-clip")
-def _protect_uc_clip(cfg: UCRunConfig, ctx: RunContext, train: Dataset, work: Path | None) -> tuple:
+def _protect_uc_clip(cfg: UCRunConfig, ctx: RunContext, train: LabelledSubset, work: Path | None) -> tuple:
     """Unlearnable Clusters with a CLIP image encoder as the surrogate (``clip_surrogate``)."""
     return _protect_uc(cfg, ctx, train, work)
 
 
-def _stored_protection(cfg: UCRunConfig, ctx: RunContext, train: Dataset) -> tuple[PerturbationStore, dict, bool]:
+def _stored_protection(
+    cfg: UCRunConfig, ctx: RunContext, train: LabelledSubset
+) -> tuple[PerturbationStore, dict, bool]:
     """The finished store of this run folder, or a new one (saved before the target trains)."""
     folder = ctx.stage_dir("store")
     if folder is not None and (folder / "store.npy").is_file() and (folder / "protect.json").is_file():
@@ -349,7 +352,7 @@ def _stored_protection(cfg: UCRunConfig, ctx: RunContext, train: Dataset) -> tup
     store, info = _protect(cfg, ctx, train)
     if folder is not None:
         store.save(folder / "store.npy")
-        payload = {"method": cfg.method, "num_samples": len(train), "info": info}  # type: ignore[arg-type]
+        payload = {"method": cfg.method, "num_samples": len(train), "info": info}
         (folder / "protect.json").write_text(json.dumps(payload, default=_jsonable))  # written last: the marker
     return store, info, False
 
@@ -377,7 +380,7 @@ def run(cfg: UCRunConfig, ctx: RunContext) -> dict[str, Any]:
         test = _load_split(cfg, ctx, "test", cfg.max_test_samples)
         # Relabel first: a bad --labels for this dataset fails before any expensive stage.
         relabel_dataset(train, cfg.labels, seed=cfg.label_seed)
-    if cfg.method in ("uc", "uc-clip") and cfg.uc.num_clusters > len(train):  # type: ignore[arg-type]
+    if cfg.method in ("uc", "uc-clip") and cfg.uc.num_clusters > len(train):
         raise ConfigError(f"uc.num_clusters={cfg.uc.num_clusters} exceeds the {len(train)} training images: lower it")
     if cfg.train.batch_size > len(train):
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} exceeds the {len(train)} training images: lower it")
@@ -399,11 +402,11 @@ def run(cfg: UCRunConfig, ctx: RunContext) -> dict[str, Any]:
         "method": cfg.method,
         "labels": cfg.labels,
         "countermeasure": cfg.countermeasure,
-        "num_classes_original": len(train.classes),  # type: ignore[attr-defined]
+        "num_classes_original": len(train.classes),
         "num_classes_hacker": clean["num_classes"],
         "label_mapping": clean["label_mapping"],
-        "num_train": len(train),  # type: ignore[arg-type]
-        "num_test": len(test),  # type: ignore[arg-type]
+        "num_train": len(train),
+        "num_test": len(test),
         "store_mode": store.mode,
         "store_resumed": resumed,
         "protection": info,

@@ -9,6 +9,7 @@ read on the same scale.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import overload
 
 import numpy as np
 import torch
@@ -34,6 +35,14 @@ def _as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
     if t.numel() == 0:
         raise ConfigError(f"{name} is empty: pass at least one sample")
     return t
+
+
+@overload
+def _predictions(logits_or_preds: ArrayLike, targets: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@overload
+def _predictions(logits_or_preds: ArrayLike, targets: None = None) -> tuple[torch.Tensor, None]: ...
 
 
 def _predictions(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -51,10 +52,15 @@ def _classifier(
 ) -> ImageClassifier:
     """``encoder`` plus a linear head, normalising with ``mean``/``std`` (``default`` statistics when None)."""
     mean, std = _stats(in_chans, mean, std, default)
-    return ImageClassifier(encoder, encoder.num_features, num_classes, mean=mean, std=std, in_chans=in_chans)
+    num_features = encoder.num_features
+    if not isinstance(num_features, int):
+        raise ValueError(f"{type(encoder).__name__}.num_features must be the int width of its features")
+    return ImageClassifier(encoder, num_features, num_classes, mean=mean, std=std, in_chans=in_chans)
 
 
-def _init_convs_fan_out(module: nn.Module, nonlinearity: str = "relu", a: float = 0.0) -> None:
+def _init_convs_fan_out(
+    module: nn.Module, nonlinearity: Literal["relu", "leaky_relu"] = "relu", a: float = 0.0
+) -> None:
     # torchvision / kuangliu init: kaiming-normal (fan_out) conv weights, zero conv biases.
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
@@ -283,7 +289,7 @@ def resnet18(
 # ---------------------------------------------------------------------------------------------
 # VGG with BatchNorm (kuangliu layout: features.N, classifier -> head)
 
-VGG_CFGS = {
+VGG_CFGS: dict[str, list[int | str]] = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
 }

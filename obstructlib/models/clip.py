@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from copy import deepcopy
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import open_clip
 import torch
@@ -81,6 +81,17 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
+class _OpenClipModel(Protocol):
+    """What :class:`ClipModel` uses of an open_clip ``CLIP`` / ``CustomTextCLIP`` (open_clip ships no types)."""
+
+    visual: nn.Module
+    logit_scale: nn.Parameter
+
+    def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor: ...
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor: ...
+
+
 class ClipModel(nn.Module):
     """An open_clip model that takes images in [0, 1] and raw token ids.
 
@@ -101,9 +112,13 @@ class ClipModel(nn.Module):
         torch.Size([2, 2])
     """
 
+    mean: torch.Tensor  # buffers registered in __init__ (typed here: nn.Module.__getattr__ is untyped)
+    std: torch.Tensor
+
     def __init__(self, model: nn.Module, name: str, tokenizer: Callable | None = None) -> None:
         super().__init__()
-        self.model = model
+        # `model` is an open_clip CLIP / CustomTextCLIP (the documented contract; create_clip builds it)
+        self.model = cast(_OpenClipModel, model)
         self.name = name
         pp = open_clip.get_model_preprocess_cfg(model)
         mean, std = pp.get("mean", open_clip.OPENAI_DATASET_MEAN), pp.get("std", open_clip.OPENAI_DATASET_STD)

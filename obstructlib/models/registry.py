@@ -40,6 +40,9 @@ class Normalize(nn.Module):
         std: per-channel standard deviation in [0, 1] units.
     """
 
+    mean: torch.Tensor  # buffers registered in __init__ (typed here: nn.Module.__getattr__ is untyped)
+    std: torch.Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         if len(mean) != len(std):

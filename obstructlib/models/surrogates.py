@@ -102,6 +102,8 @@ class FeatureExtractor(nn.Module):
 class ClassifierFeatures(FeatureExtractor):
     """Penultimate features ``model.features(x)`` of an :class:`ImageClassifier`."""
 
+    backbone: ImageClassifier  # what create_surrogate wraps here (the base class types it nn.Module)
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.features(x)
 
@@ -123,6 +125,8 @@ class TorchvisionFeatures(FeatureExtractor):
 
 class ClipFeatures(FeatureExtractor):
     """The unnormalised CLIP image embedding (UC-CLIP's hook on a linear layer after the encoder)."""
+
+    backbone: ClipModel  # what create_surrogate wraps here (the base class types it nn.Module)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.encode_image(x, normalize=False)  # ClipModel resizes and normalises

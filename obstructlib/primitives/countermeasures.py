@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from torch.utils.data import Dataset
 
+from obstructlib.data import SizedDataset
 from obstructlib.engine import ClassifierTrainConfig, fit_classifier
 from obstructlib.errors import ConfigError, check_range
 from obstructlib.primitives.perturb import pgd
@@ -284,8 +284,8 @@ def image_countermeasure(name: str, **params: Any) -> Callable | None:
 
 def fit_defended(
     model: nn.Module,
-    train_set: Dataset,
-    test_set: Dataset | None,
+    train_set: SizedDataset,
+    test_set: SizedDataset | None,
     cfg: ClassifierTrainConfig,
     device: torch.device | str | None,
     *,

@@ -27,10 +27,10 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from obstructlib.data import IndexedDataset, PerturbationStore
+from obstructlib.data import IndexedDataset, PerturbationStore, SizedDataset
 from obstructlib.errors import ConfigError
 
 __all__ = [
@@ -264,7 +264,13 @@ class _Batches:
     """Index batches of one pass, in order or a seeded permutation, minus those already done."""
 
     def __init__(
-        self, n: int, batch_size: int, shuffle: bool, seed: int, skip_batches: int, indices: Sequence[int] | None = None
+        self,
+        n: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        skip_batches: int,
+        indices: Sequence[int] | np.ndarray | None = None,
     ) -> None:
         # ``indices``: visit only these samples (a rank's shard, a protected subset), same seeded rule
         pool = torch.arange(n) if indices is None else torch.as_tensor(np.asarray(indices, dtype=np.int64))
@@ -286,7 +292,7 @@ def _to(batch: Sequence, device: torch.device) -> tuple:
 
 def perturb_dataset(
     store: PerturbationStore,
-    dataset: Dataset,
+    dataset: SizedDataset,
     loss_fn: Callable[[torch.Tensor, tuple], torch.Tensor],
     *,
     step_size: float,
@@ -305,7 +311,7 @@ def perturb_dataset(
     progress: bool = True,
     desc: str = "noise",
     before_batch: Callable[[tuple, torch.Tensor], None] | None = None,
-    indices: Sequence[int] | None = None,
+    indices: Sequence[int] | np.ndarray | None = None,
 ) -> torch.Tensor | None:
     """One pass of warm-started L-inf PGD over a dataset, reading and writing ``store`` by sample index.
 
@@ -364,9 +370,9 @@ def perturb_dataset(
     """
     device = torch.device(device)
     eps = store.eps_units / 255.0  # the store's effective ball: nothing gets clamped on write
-    cluster = store.mode == "cluster"
-    if cluster and cluster_noise is None:
+    if store.mode == "cluster" and cluster_noise is None:
         cluster_noise = store.get(range(store.num))
+    means = cluster_noise if store.mode == "cluster" else None  # cluster mode's running noise, updated in place
     indexed = IndexedDataset(dataset)
     batches = _Batches(len(indexed), batch_size, shuffle, seed, skip_batches, indices)
     loader = DataLoader(
@@ -377,12 +383,12 @@ def perturb_dataset(
         batch = _to(batch, device)
         idx, x = batch[0], batch[1]
         rows = store.rows_of(idx)
-        delta0 = cluster_noise[rows] if cluster else store.get(rows)
+        delta0 = means[rows] if means is not None else store.get(rows)
         generator = torch.Generator().manual_seed(seed * 1_000_003 + done) if random_start else None
         if before_batch is not None:
             before_batch(batch, delta0.to(device))
         delta = pgd(
-            lambda z, b=batch: loss_fn(z, b),
+            lambda z: loss_fn(z, batch),  # called only inside this iteration
             x,
             delta0.to(device),
             eps=eps,
@@ -393,18 +399,18 @@ def perturb_dataset(
             generator=generator,
             frozen_module=frozen_module,
         ).cpu()
-        if cluster:
+        if means is not None:
             # Huang et al.: class noise <- mean of its members' results (after the [0, 1] clip: a
             # documented deviation, see obstructlib.primitives.poisons)
             for k in np.unique(rows):
-                cluster_noise[k] = delta[torch.from_numpy(rows == k)].mean(0).clamp(-eps, eps)
+                means[k] = delta[torch.from_numpy(rows == k)].mean(0).clamp(-eps, eps)
         else:
             store.set(rows, delta)
         done += 1
         if after_batch is not None:
-            if cluster:
-                store.set(range(store.num), cluster_noise)
+            if means is not None:
+                store.set(range(store.num), means)
             after_batch(done)
-    if cluster:
-        store.set(range(store.num), cluster_noise)
+    if means is not None:
+        store.set(range(store.num), means)
     return cluster_noise

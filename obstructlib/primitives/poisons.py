@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from obstructlib.data import IndexedDataset, PerturbationStore, labels_of
+from obstructlib.data import IndexedDataset, PerturbationStore, SizedDataset, labels_of
 from obstructlib.engine import ResumableLoop, autocast, check_fingerprint, resolve_device
 from obstructlib.engine.distributed import epoch_loader
 from obstructlib.errors import ConfigError, check_min, check_range
@@ -152,7 +152,7 @@ class ErrorMaxConfig:
 class _Relabelled(Dataset):
     """Items ``(image, labels[i])``: the protector's labels (true, or surrogate-predicted)."""
 
-    def __init__(self, dataset: Dataset, labels: np.ndarray) -> None:
+    def __init__(self, dataset: SizedDataset, labels: np.ndarray) -> None:
         self.dataset, self.labels = dataset, labels
 
     def __len__(self) -> int:
@@ -163,12 +163,12 @@ class _Relabelled(Dataset):
 
 
 def _prepare(
-    dataset: Dataset, labels: Sequence[int] | np.ndarray | None
+    dataset: SizedDataset, labels: Sequence[int] | np.ndarray | None
 ) -> tuple[_Relabelled, np.ndarray, tuple]:
     labels = labels_of(dataset) if labels is None else np.asarray(labels, dtype=np.int64)
     if labels is None:
         raise ConfigError("the dataset has no labels/targets attribute: pass labels= (one int per sample)")
-    if len(labels) != len(dataset) or len(labels) == 0:  # type: ignore[arg-type]
+    if len(labels) != len(dataset) or len(labels) == 0:
         raise ConfigError(f"{len(labels)} labels for {len(dataset)} samples: pass one label per sample")
     return _Relabelled(dataset, labels), labels, tuple(dataset[0][0].shape)
 
@@ -186,7 +186,7 @@ def _ce_loss(model: nn.Module, device: torch.device, amp: bool, shift: int = 0) 
 
 @torch.no_grad()
 def _perturbed_accuracy(
-    model: nn.Module, data: Dataset, store: PerturbationStore, cfg: Any, device: torch.device
+    model: nn.Module, data: SizedDataset, store: PerturbationStore, cfg: Any, device: torch.device
 ) -> float:
     model.eval()
     loader = DataLoader(IndexedDataset(data), batch_size=cfg.batch_size, num_workers=cfg.num_workers)
@@ -195,13 +195,13 @@ def _perturbed_accuracy(
         x = store.apply(x.to(device), idx)
         with autocast(device, enabled=cfg.amp):
             correct += int((model(x).argmax(1) == y.to(device)).sum())
-    return correct / len(data)  # type: ignore[arg-type]
+    return correct / len(data)
 
 
 def _train_steps(
     model: nn.Module,
     opt: torch.optim.Optimizer,
-    data: Dataset,
+    data: SizedDataset,
     store: PerturbationStore,
     cfg: ErrorMinConfig,
     device: torch.device,
@@ -262,7 +262,7 @@ def load_noise(ckpt_dir: Path, name: str) -> PerturbationStore:
 
 def error_minimizing_noise(
     model: nn.Module,
-    dataset: Dataset,
+    dataset: SizedDataset,
     cfg: ErrorMinConfig,
     device: torch.device | str | None,
     *,
@@ -335,10 +335,14 @@ def error_minimizing_noise(
         more = {"state": state, "noise_file": kept["noise_file"]}
         return more if kept["cluster_noise"] is None else {**more, "cluster_noise": kept["cluster_noise"]}
 
+    def drop_replaced() -> None:
+        assert ckpt is not None
+        drop_other_noise(ckpt, kept["noise_file"])
+
     loop = ResumableLoop(cfg.max_rounds, ckpt_dir=None if ckpt is None else ckpt / "surrogate", model=model,
                          optimizer=opt, config=cfg, history=state["history"], extra=extra,
-                         on_saved=lambda: drop_other_noise(ckpt, kept["noise_file"]))
-    if loop.resumed:
+                         on_saved=drop_replaced)
+    if ckpt is not None and loop.resumed:
         state = loop.resumed["state"]
         loop.history = state["history"]
         store = load_noise(ckpt, loop.resumed["noise_file"])
@@ -379,7 +383,7 @@ def error_minimizing_noise(
 
 def error_maximizing_noise(
     model: nn.Module,
-    dataset: Dataset,
+    dataset: SizedDataset,
     cfg: ErrorMaxConfig,
     device: torch.device | str | None,
     *,
@@ -424,19 +428,19 @@ def error_maximizing_noise(
     marker = None if ckpt is None else ckpt / "progress.json"
     if ckpt is not None:
         check_fingerprint(ckpt, cfg, extra={"targeted": targeted, "num_samples": len(data), "image_shape": list(shape)})
-    if marker is not None and marker.is_file():
+    if ckpt is not None and marker is not None and marker.is_file():
         saved = json.loads(marker.read_text())
         store, skip = load_noise(ckpt, saved["noise_file"]), int(saved["batches"])
 
     def save(done: int) -> None:
-        if ckpt is None or (done % cfg.ckpt_every_batches and done != total):
+        if ckpt is None or marker is None or (done % cfg.ckpt_every_batches and done != total):
             return
         name = save_noise(ckpt, store, done)
-        tmp = marker.with_suffix(".tmp")  # type: ignore[union-attr]
+        tmp = marker.with_suffix(".tmp")
         tmp.write_text(
             json.dumps({"batches": done, "noise_file": name, "targeted": targeted, "config": asdict(cfg)})
         )
-        os.replace(tmp, marker)  # type: ignore[arg-type]
+        os.replace(tmp, marker)
         drop_other_noise(ckpt, name)
 
     total = -(-len(data) // cfg.batch_size)
@@ -485,5 +489,6 @@ def random_noise_store(
         >>> int(abs(s.data).max()) <= 8
         True
     """
-    store = PerturbationStore(num, shape, eps, path=path, mode=mode, assignments=assignments)
+    store = PerturbationStore(num, shape, eps, path=None if path is None else Path(path), mode=mode,
+                              assignments=assignments)
     return store.randomize(seed)

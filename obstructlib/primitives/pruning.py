@@ -15,11 +15,14 @@ References:
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader, Dataset
 
+from obstructlib.data import SizedDataset
 from obstructlib.errors import ConfigError, check_range
 
 Masks = dict[str, torch.Tensor]
@@ -65,7 +68,7 @@ def apply_masks_(encoder: nn.Module, masks: Masks) -> None:
         params[name].mul_(mask.to(params[name].device, params[name].dtype))
 
 
-def sparsity_report(encoder: nn.Module, masks: Masks) -> dict[str, object]:
+def sparsity_report(encoder: nn.Module, masks: Masks) -> dict[str, Any]:
     """Share of pruned entries, over all encoder parameters and over weights of rank >= 2 only.
 
     Unmasked parameters count as dense. Parameters are looked up by name, so the encoder may be
@@ -102,6 +105,8 @@ def _plain_name(name: str) -> str:
 class _MaskProduct(nn.Module):
     """Parametrisation ``weight -> weight * mask`` (the mask is a non-trainable buffer)."""
 
+    mask: torch.Tensor
+
     def __init__(self, mask: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("mask", mask.to(torch.float32))
@@ -137,7 +142,9 @@ def remove_mask_parametrize(encoder: nn.Module) -> nn.Module:
     """Bake the masks into plain parameters (zeros stay zeros, but may now regrow)."""
     for module in encoder.modules():
         if parametrize.is_parametrized(module):
-            for attr in list(module.parametrizations.keys()):
+            # register_parametrization keeps them in a ModuleDict (typed Tensor | Module via __getattr__)
+            parametrizations = cast(nn.ModuleDict, module.parametrizations)
+            for attr in list(parametrizations.keys()):
                 parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
     return encoder
 
@@ -159,7 +166,9 @@ def magnitude_masks(encoder: nn.Module, sparsity: float, include_bn: bool = True
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, dataset: Dataset, device: torch.device | str, batch_size: int = 256) -> nn.Module:
+def recalibrate_bn(
+    model: nn.Module, dataset: SizedDataset, device: torch.device | str, batch_size: int = 256
+) -> nn.Module:
     """Recompute every BatchNorm's running mean and variance on ``dataset`` (weights untouched).
 
     Statistics are the exact average over the batches (``momentum=None``); the model ends in eval mode.
@@ -172,7 +181,8 @@ def recalibrate_bn(model: nn.Module, dataset: Dataset, device: torch.device | st
         m.reset_running_stats()
         m.momentum = None
     model.train()
-    for x, _ in DataLoader(dataset, batch_size=batch_size):
+    # DataLoader takes any map-style dataset; torch annotates it with its Dataset
+    for x, _ in DataLoader(cast(Dataset, dataset), batch_size=batch_size):
         model(x.to(device))
     for m, momentum in zip(bns, saved):
         m.momentum = momentum

@@ -23,12 +23,15 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from obstructlib.data.tokens import insert_trigger, strip_tokens
 from obstructlib.errors import ConfigError
+
+if TYPE_CHECKING:
+    from obstructlib.models.clip import ClipModel
 
 __all__ = [
     "decode_trigger",
@@ -143,7 +146,7 @@ def hotflip_search(
 
 
 def hotflip_attack(
-    model: nn.Module,
+    model: ClipModel,
     tokens: torch.Tensor,
     trigger: torch.Tensor,
     loss_of_text_features: Callable[[torch.Tensor], torch.Tensor],
@@ -176,6 +179,8 @@ def hotflip_attack(
         >>> new, before, after = hotflip_attack(clip, tok, trig, lambda t: clip_loss(img, t, s))  # doctest: +SKIP
     """
     eot = model.eot_token_id
+    if eot is None:
+        raise ConfigError("the model's tokenizer has no end-of-text token id: HotFlip needs a CLIP tokenizer")
     banned = list(model.special_token_ids if banned_ids is None else banned_ids)
     k = trigger.shape[1]
     with torch.enable_grad():

@@ -19,13 +19,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from obstructlib.data import ProtectedPairs, pair_collate, tokenize_captions
+from obstructlib.data import ProtectedPairs, SizedDataset, pair_collate, tokenize_captions
 from obstructlib.engine import ClipTrainConfig, evaluate_clip, fit_clip
 from obstructlib.errors import ConfigError, check_range
-from obstructlib.methods.mem.method import MEMResult
-from obstructlib.models import create_clip
+from obstructlib.methods.mem.method import CaptionPairs, MEMResult
+from obstructlib.models import ClipModel, create_clip
 from obstructlib.primitives.countermeasures import image_countermeasure
 
 __all__ = ["COUNTERMEASURES", "HackerConfig", "build_hacker", "evaluate"]
@@ -75,7 +74,7 @@ class HackerConfig:
         self.train.validate()
 
 
-def build_hacker(cfg: HackerConfig, device: torch.device | str | None = None) -> Any:
+def build_hacker(cfg: HackerConfig, device: torch.device | str | None = None) -> ClipModel:
     """The hacker's fresh CLIP, seeded with ``cfg.seed``."""
     if cfg.seed is not None:
         torch.manual_seed(cfg.seed)
@@ -84,10 +83,10 @@ def build_hacker(cfg: HackerConfig, device: torch.device | str | None = None) ->
 
 
 def evaluate(
-    pairs: Dataset,
+    pairs: CaptionPairs,
     cfg: HackerConfig,
     *,
-    test: Dataset,
+    test: SizedDataset,
     protection: MEMResult | None = None,
     protected: np.ndarray | None = None,
     device: torch.device | str | None = None,
@@ -121,7 +120,9 @@ def evaluate(
     strip = cfg.strip_tokens if cfg.countermeasure == "strip" else 0
     transform = image_countermeasure(cfg.countermeasure, jpeg_quality=cfg.jpeg_quality, image_size=cfg.image_size,
                                      crop_scale=cfg.crop_scale)
-    data = ProtectedPairs(pairs, tokenize_captions(model, pairs.captions), model.eot_token_id,  # type: ignore[attr-defined]
+    tokens = tokenize_captions(model, pairs.captions)
+    # eot None (a tokenizer without one) is fine until ProtectedPairs inserts a trigger or strips tokens
+    data = ProtectedPairs(pairs, tokens, model.eot_token_id,  # type: ignore[arg-type]
                           None if protection is None else protection.store, triggers,
                           None if protection is None else protection.trigger_rows, protected, quantize=True,
                           transform=transform, strip_first=strip)

@@ -34,17 +34,16 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
-from obstructlib.data import PerturbationStore, ProtectedPairs, pair_collate, tokenize_captions
+from obstructlib.data import PerturbationStore, ProtectedPairs, SizedDataset, pair_collate, tokenize_captions
 from obstructlib.engine import ClipTrainConfig, ResumableLoop, check_fingerprint, resolve_device
 from obstructlib.engine.clip import clip_adamw
 from obstructlib.errors import ConfigError, check_min, check_range
@@ -53,7 +52,17 @@ from obstructlib.primitives.perturb import frozen, perturb_dataset
 from obstructlib.primitives.poisons import ErrorMaxConfig, drop_other_noise, load_noise, save_noise
 from obstructlib.primitives.text_triggers import random_trigger
 
-__all__ = ["MEMConfig", "MEMResult", "clip_error_max_noise", "protect"]
+if TYPE_CHECKING:
+    from obstructlib.models.clip import ClipModel
+
+__all__ = ["CaptionPairs", "MEMConfig", "MEMResult", "clip_error_max_noise", "protect"]
+
+
+class CaptionPairs(SizedDataset[Any], Protocol):
+    """A caption dataset as MEM reads it: items ``(image, caption, image_id)`` and one caption per pair."""
+
+    @property
+    def captions(self) -> Sequence[str]: ...
 
 
 @dataclass
@@ -155,9 +164,11 @@ class MEMResult:
         n = len(self.trigger_rows)
         return (self.store.nbytes + 4 * self.triggers.numel()) / max(n, 1)
 
-    def dataset(self, pairs: Dataset, model: nn.Module, **kwargs: Any) -> ProtectedPairs:
+    def dataset(self, pairs: CaptionPairs, model: ClipModel, **kwargs: Any) -> ProtectedPairs:
         """The protected pairs for ``model``'s tokenizer (kwargs as :class:`ProtectedPairs`)."""
-        return ProtectedPairs(pairs, tokenize_captions(model, pairs.captions), model.eot_token_id,  # type: ignore[attr-defined]
+        tokens = tokenize_captions(model, pairs.captions)
+        # eot None (a tokenizer without one) is fine until ProtectedPairs inserts a trigger or strips tokens
+        return ProtectedPairs(pairs, tokens, model.eot_token_id,  # type: ignore[arg-type]
                               self.store, self.triggers, self.trigger_rows, **kwargs)
 
 
@@ -175,8 +186,8 @@ def _mean_loss(
     return float(np.mean(losses)) if losses else float("nan")
 
 
-def _init_state(pairs: Dataset, model: nn.Module, cfg: MEMConfig, shape: tuple) -> tuple:
-    n = len(pairs)  # type: ignore[arg-type]
+def _init_state(pairs: CaptionPairs, model: ClipModel, cfg: MEMConfig, shape: tuple) -> tuple:
+    n = len(pairs)
     if cfg.num_groups is None:
         store, rows = PerturbationStore(n, shape, cfg.eps), np.arange(n)
     else:  # class-wise: random groups share one noise and one trigger (official poison_class.py)
@@ -189,10 +200,10 @@ def _init_state(pairs: Dataset, model: nn.Module, cfg: MEMConfig, shape: tuple) 
 
 
 def protect(
-    pairs: Dataset,
+    pairs: CaptionPairs,
     cfg: MEMConfig,
     *,
-    surrogate: nn.Module,
+    surrogate: ClipModel,
     device: torch.device | str | None = None,
     ckpt_dir: str | os.PathLike | None = None,
     progress: bool = True,
@@ -230,13 +241,13 @@ def protect(
     model = surrogate
     cfg.validate()
     device = resolve_device(device)
-    if len(pairs) < 2 or not hasattr(pairs, "captions"):  # type: ignore[arg-type]
+    if len(pairs) < 2 or not hasattr(pairs, "captions"):
         raise ConfigError("MEM protect needs a caption dataset with at least 2 pairs (e.g. CaptionDataset)")
     start = time.perf_counter()
     model.to(device)
     shape = tuple(pairs[0][0].shape)
     store, triggers, rows = _init_state(pairs, model, cfg, shape)
-    tokens = tokenize_captions(model, pairs.captions)  # type: ignore[attr-defined]
+    tokens = tokenize_captions(model, pairs.captions)
     opt = clip_adamw(model, cfg.surrogate)
     ckpt = None if ckpt_dir is None else Path(ckpt_dir)
     state: dict[str, Any] = {"round": 0, "train_batches": 0, "history": []}
@@ -250,16 +261,22 @@ def protect(
         more = {"state": state, "noise_file": kept["noise_file"], "triggers": triggers.clone()}
         return more if kept["cluster_noise"] is None else {**more, "cluster_noise": kept["cluster_noise"]}
 
+    def drop_replaced() -> None:
+        assert ckpt is not None
+        drop_other_noise(ckpt, kept["noise_file"])
+
     loop = ResumableLoop(cfg.rounds, ckpt_dir=None if ckpt is None else ckpt / "surrogate", model=model,
                          optimizer=opt, config=cfg, history=state["history"], extra=extra,
-                         on_saved=lambda: drop_other_noise(ckpt, kept["noise_file"]))
-    if loop.resumed:
+                         on_saved=drop_replaced)
+    if ckpt is not None and loop.resumed:
         state, triggers = loop.resumed["state"], loop.resumed["triggers"].clone()
         loop.history = state["history"]
         store, kept["cluster_noise"] = load_noise(ckpt, loop.resumed["noise_file"]), loop.resumed.get("cluster_noise")
-    data = ProtectedPairs(pairs, tokens, model.eot_token_id, store, triggers, rows, quantize=True)
+    # eot None (a tokenizer without one) is fine until ProtectedPairs inserts a trigger
+    data = ProtectedPairs(pairs, tokens, model.eot_token_id,  # type: ignore[arg-type]
+                          store, triggers, rows, quantize=True)
     players = PairState(model, tokens, triggers, rows, cfg.num_candidates, cfg.shuffle_captions, cfg.amp)
-    shard = shard_of(len(pairs)) if cfg.num_groups is None else None  # type: ignore[arg-type]
+    shard = shard_of(len(pairs)) if cfg.num_groups is None else None
     for r in loop:
         t0 = time.perf_counter()
         # (1) theta-step: M surrogate steps on the current protected pairs
@@ -294,8 +311,8 @@ def protect(
 
 
 def clip_error_max_noise(
-    model: nn.Module,
-    pairs: Dataset,
+    model: ClipModel,
+    pairs: CaptionPairs,
     cfg: ErrorMaxConfig,
     device: torch.device | str | None,
     *,
@@ -321,10 +338,10 @@ def clip_error_max_noise(
     cfg.validate()
     device = resolve_device(device)
     model.to(device).eval()
-    tokens = tokenize_captions(model, pairs.captions)  # type: ignore[attr-defined]
-    store = PerturbationStore(len(pairs), tuple(pairs[0][0].shape), cfg.eps)  # type: ignore[arg-type]
-    empty = torch.zeros(len(pairs), 0, dtype=torch.long)  # type: ignore[arg-type]
-    players = PairState(model, tokens, empty, np.arange(len(pairs)), 1, False, cfg.amp)  # type: ignore[arg-type]
+    tokens = tokenize_captions(model, pairs.captions)
+    store = PerturbationStore(len(pairs), tuple(pairs[0][0].shape), cfg.eps)
+    empty = torch.zeros(len(pairs), 0, dtype=torch.long)
+    players = PairState(model, tokens, empty, np.arange(len(pairs)), 1, False, cfg.amp)
     with frozen(model):
         perturb_dataset(store, pairs, players.image_loss, step_size=cfg.step_size, steps=cfg.steps, device=device,
                         batch_size=cfg.batch_size, minimize=False, shuffle=True, seed=cfg.seed,

@@ -12,6 +12,7 @@ References:
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from obstructlib.engine import autocast, clip_loss, get_rank, get_world_size
 from obstructlib.engine.distributed import epoch_loader, is_distributed, unwrap, wrap_ddp
 from obstructlib.errors import ConfigError
 from obstructlib.primitives.text_triggers import hotflip_attack
+
+if TYPE_CHECKING:
+    from obstructlib.models.clip import ClipModel
 
 __all__ = ["PairState", "clip_batch_loss", "local_clip_loss", "shard_of", "surrogate_steps", "sync_shards"]
 
@@ -50,7 +54,7 @@ def clip_batch_loss(
 
 
 def surrogate_steps(
-    model: nn.Module,
+    model: ClipModel,
     optimizer: torch.optim.Optimizer,
     data: ProtectedPairs,
     *,
@@ -74,7 +78,7 @@ def surrogate_steps(
     """
     world = get_world_size()
     per_epoch = max(len(data) // batch_size, 1)
-    bare = unwrap(model)
+    bare = cast("ClipModel", unwrap(model))  # unwrap only strips DDP/compile wrappers off the ClipModel
     ddp = wrap_ddp(bare, device)
     bare.train()
     total = 0.0
@@ -106,7 +110,7 @@ class PairState:
         amp: autocast on CUDA.
     """
 
-    def __init__(self, model: nn.Module, tokens: torch.Tensor, triggers: torch.Tensor, trigger_rows: np.ndarray,
+    def __init__(self, model: ClipModel, tokens: torch.Tensor, triggers: torch.Tensor, trigger_rows: np.ndarray,
                  num_candidates: int, shuffle: bool, amp: bool) -> None:
         self.model, self.tokens, self.triggers = model, tokens, triggers
         self.trigger_rows, self.k = np.asarray(trigger_rows, np.int64), triggers.shape[1]
@@ -131,7 +135,11 @@ class PairState:
         body = self.captions(idx, z.device)
         if self.shuffle:
             body = body[torch.randperm(len(idx), generator=self.generator).to(z.device)]
-        tokens = insert_trigger(body, self.trigger_of(idx), self.eot) if self.k else body
+        tokens = body
+        if self.k:
+            if self.eot is None:
+                raise ConfigError("the surrogate's tokenizer has no end-of-text token id: MEM's triggers need one")
+            tokens = insert_trigger(body, self.trigger_of(idx), self.eot)
         return clip_batch_loss(self.model, z, tokens, self.amp, gather=False)
 
     def text_step(self, batch: tuple, delta0: torch.Tensor) -> None:

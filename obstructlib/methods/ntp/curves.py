@@ -12,26 +12,30 @@ import dataclasses
 import json
 import math
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from obstructlib.data import ArrayImageDataset, seeded_subset
+from obstructlib.data import ArrayImageDataset, SizedDataset, seeded_subset
 from obstructlib.engine import ClassifierTrainConfig, evaluate
 from obstructlib.engine.checkpoint import write_json_atomic
 from obstructlib.engine.distributed import shard_loader
+from obstructlib.errors import ConfigError
 from obstructlib.methods.ntp.release import finetune
+from obstructlib.models import ImageClassifier
 from obstructlib.primitives.pruning import Masks
 
 __all__ = ["accuracy", "budget_subset", "learning_curves"]
 
+# a curve row's model: the model to fine-tune, or a factory of fresh ones (training from scratch)
+_RowModel = ImageClassifier | Callable[[], ImageClassifier]
 
-def accuracy(model: Any, test: Dataset, device: torch.device | str) -> float:
+
+def accuracy(model: Any, test: SizedDataset, device: torch.device | str) -> float:
     """Top-1 accuracy of ``model`` on ``test`` in [0, 1]."""
     return float(evaluate(model, shard_loader(test, 256), device)["acc"])
 
@@ -39,6 +43,8 @@ def accuracy(model: Any, test: Dataset, device: torch.device | str) -> float:
 def budget_subset(train: ArrayImageDataset, ratio: float, seed: int) -> ArrayImageDataset:
     """``max(C, floor(ratio * N))`` seeded, stratified images with at least one per class."""
     labels = train.labels
+    if labels is None:
+        raise ConfigError("budget_subset needs a labelled training set: pass one with labels")
     classes = np.unique(labels)
     n = max(len(classes), int(math.floor(ratio * len(train))))
     idx = set(seeded_subset(train, n, seed=seed).indices)
@@ -50,7 +56,7 @@ def budget_subset(train: ArrayImageDataset, ratio: float, seed: int) -> ArrayIma
     return train.subset(sorted(idx))
 
 
-def learning_curves(rows: dict[str, tuple[Any, Masks | None]], train: ArrayImageDataset, test: Dataset,
+def learning_curves(rows: dict[str, tuple[_RowModel, Masks | None]], train: ArrayImageDataset, test: SizedDataset,
                     ratios: Sequence[float], recipe: ClassifierTrainConfig, device: torch.device | str, *,
                     seeds: int = 1, seed: int = 0, store: Path | None = None, work_dir: Path | None = None,
                     progress: bool = False) -> dict[str, list[float]]:
@@ -88,7 +94,8 @@ def learning_curves(rows: dict[str, tuple[Any, Masks | None]], train: ArrayImage
         model, masks = rows[name]
         subset = budget_subset(train, r, seed + 1000 * k + int(round(r * 1e6)))
         torch.manual_seed(seed + k)
-        start = model if isinstance(model, torch.nn.Module) else model()
+        # a Module here is the row's ImageClassifier itself (mypy only narrows the union to Module)
+        start = cast(ImageClassifier, model) if isinstance(model, torch.nn.Module) else model()
         tuned = finetune(start, masks, subset, dataclasses.replace(recipe, seed=seed + k), device,
                          ckpt_dir=work_dir, progress=False)
         done[key] = accuracy(tuned, test, device)

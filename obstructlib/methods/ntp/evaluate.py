@@ -20,10 +20,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from obstructlib.data import ArrayImageDataset
-from obstructlib.engine import ClassifierTrainConfig
+from obstructlib.data import ArrayImageDataset, SizedDataset
+from obstructlib.engine import ClassifierTrainConfig, resolve_device
 from obstructlib.errors import ConfigError
 from obstructlib.methods.ntp.curves import accuracy, learning_curves
 from obstructlib.methods.ntp.release import finetune
@@ -88,8 +87,8 @@ def evaluate(
     *,
     masks: Masks | None,
     source_model: Any,
-    source: tuple[ArrayImageDataset, Dataset],
-    target: tuple[ArrayImageDataset, Dataset],
+    source: tuple[ArrayImageDataset, SizedDataset],
+    target: tuple[ArrayImageDataset, SizedDataset],
     device: torch.device | str | None = None,
     ckpt_dir: str | os.PathLike | None = None,
     progress: bool = True,
@@ -115,6 +114,7 @@ def evaluate(
         each row's mean accuracy per budget) and ``seconds`` (``source_finetune``, ``curves``).
     """
     cfg.validate()
+    device = resolve_device(device)
     (s_train, s_test), (t_train, t_test) = source, target
     ckpt = None if ckpt_dir is None else Path(ckpt_dir)
     masks = masks or None

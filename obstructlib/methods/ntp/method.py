@@ -34,14 +34,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from obstructlib.data import SizedDataset
 from obstructlib.engine import ResumableLoop, resolve_device
 from obstructlib.engine.distributed import shard_loader
 from obstructlib.errors import ConfigError, check_min, check_range
@@ -67,6 +67,8 @@ __all__ = [
     "prune",
     "train_target_head",
 ]
+
+_ModuleT = TypeVar("_ModuleT", bound=nn.Module)
 
 
 @dataclass
@@ -159,7 +161,7 @@ class NTPResult:
     stopped_by: str = "max_iters"
 
 
-def _frozen(module: nn.Module) -> nn.Module:
+def _frozen(module: _ModuleT) -> _ModuleT:
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
@@ -167,7 +169,7 @@ def _frozen(module: nn.Module) -> nn.Module:
 
 
 # ---- stage 1 ---------------------------------------------------------------------------------
-def train_target_head(model: ImageClassifier, target_set: Dataset, cfg: NTPConfig,
+def train_target_head(model: ImageClassifier, target_set: SizedDataset, cfg: NTPConfig,
                       device: torch.device | str | None, progress: bool = False) -> nn.Linear:
     """Stage 1: a copy of the source head trained on the frozen encoder's target features.
 
@@ -211,7 +213,7 @@ def train_target_head(model: ImageClassifier, target_set: Dataset, cfg: NTPConfi
 
 
 # ---- stage 2 ---------------------------------------------------------------------------------
-def nt_loss(model: ImageClassifier, target_head: nn.Module, xs: torch.Tensor, ys: torch.Tensor,
+def nt_loss(model: ImageClassifier, target_head: nn.Module | None, xs: torch.Tensor, ys: torch.Tensor,
             xt: torch.Tensor, yt: torch.Tensor, cfg: NTPConfig) -> tuple[torch.Tensor, dict[str, float]]:
     """The non-transferable task loss of one (source, target) batch pair.
 
@@ -221,7 +223,7 @@ def nt_loss(model: ImageClassifier, target_head: nn.Module, xs: torch.Tensor, ys
 
     Args:
         model: the model being pruned.
-        target_head: the frozen h_T of stage 1.
+        target_head: the frozen h_T of stage 1 (None only for ``loss="sparsity"``).
         xs: source images ``(B, C, H, W)`` in [0, 1]; ys: their labels ``(B,)``.
         xt: target images; yt: their labels.
         cfg: loss weights and caps.
@@ -233,6 +235,8 @@ def nt_loss(model: ImageClassifier, target_head: nn.Module, xs: torch.Tensor, ys
     ce_s = F.cross_entropy(model.head(fs), ys)
     if cfg.loss == "sparsity":
         return ce_s, {"ce_s": ce_s.item()}
+    if target_head is None:
+        raise ConfigError(f"loss={cfg.loss!r} needs the target head of train_target_head: pass it")
     ft = model.features(xt)
     ce_t = F.cross_entropy(target_head(ft), yt)
     if cfg.loss == "ntp":
@@ -245,7 +249,7 @@ def nt_loss(model: ImageClassifier, target_head: nn.Module, xs: torch.Tensor, ys
     return loss, {"ce_s": ce_s.item(), "ce_t": ce_t.item(), "mmd": mmd.item()}
 
 
-def prune(model: ImageClassifier, cfg: NTPConfig, *, source: Dataset, target: Dataset,
+def prune(model: ImageClassifier, cfg: NTPConfig, *, source: SizedDataset, target: SizedDataset,
           target_head: nn.Module | None = None, device: torch.device | str | None = None,
           ckpt_dir: str | os.PathLike | None = None, progress: bool = True) -> NTPResult:
     """Stage 2: ADMM non-transferable pruning of ``model.encoder`` (in place).

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
+from obstructlib.data import SizedDataset
 from obstructlib.engine import ResumableLoop, resolve_device
 from obstructlib.errors import check_min
 from obstructlib.methods.ntp.steps import paired_batches
@@ -81,7 +81,7 @@ def ntl_loss(model: ImageClassifier, xs: torch.Tensor, ys: torch.Tensor, xt: tor
     return loss, {"loss": loss.item(), "ce_s": ce_s.item(), "ce_t": ce_t.item(), "mmd": mmd.item()}
 
 
-def train_ntl(model: ImageClassifier, source_set: Dataset, target_set: Dataset, cfg: NTLConfig,
+def train_ntl(model: ImageClassifier, source_set: SizedDataset, target_set: SizedDataset, cfg: NTLConfig,
               device: torch.device | str | None, *, ckpt_dir: str | os.PathLike | None = None,
               progress: bool = True) -> list[dict[str, float]]:
     """Train ``model`` (all of it, in place) with the NTL loss; checkpoints every epoch, resumes.

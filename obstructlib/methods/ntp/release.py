@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file, save_model
-from torch.utils.data import Dataset
 
+from obstructlib.data import SizedDataset
 from obstructlib.engine import ClassifierTrainConfig, fit_classifier, resolve_device
 from obstructlib.errors import ConfigError
 from obstructlib.models import ImageClassifier, create_model
@@ -33,7 +33,7 @@ __all__ = ["finetune", "load_released", "magnitude_prune", "save_released"]
 
 
 # ---- baselines and the attacker --------------------------------------------------------------
-def finetune(model: ImageClassifier, masks: Masks | None, train_set: Dataset, recipe: ClassifierTrainConfig,
+def finetune(model: ImageClassifier, masks: Masks | None, train_set: SizedDataset, recipe: ClassifierTrainConfig,
              device: torch.device | str | None, *, ckpt_dir: str | os.PathLike | None = None,
              progress: bool = False) -> ImageClassifier:
     """Fine-tune a COPY of ``model`` (encoder and head), keeping ``masks`` applied if given.
@@ -57,14 +57,14 @@ def finetune(model: ImageClassifier, masks: Masks | None, train_set: Dataset, re
         p.requires_grad_(True)
     if masks is not None:
         mask_parametrize(attacked.encoder, masks)
-    bs = min(recipe.batch_size, len(train_set))  # type: ignore[arg-type]
+    bs = min(recipe.batch_size, len(train_set))
     fit_classifier(attacked, train_set, None, dataclasses.replace(recipe, batch_size=bs), device,
                    ckpt_dir=ckpt_dir, progress=progress)
     remove_mask_parametrize(attacked.encoder)
     return attacked.eval()
 
 
-def magnitude_prune(model: ImageClassifier, source_set: Dataset, sparsity: float, recipe: ClassifierTrainConfig,
+def magnitude_prune(model: ImageClassifier, source_set: SizedDataset, sparsity: float, recipe: ClassifierTrainConfig,
                     device: torch.device | str | None, *, include_bn: bool = True,
                     ckpt_dir: str | os.PathLike | None = None, progress: bool = False) -> tuple[ImageClassifier, Masks]:
     """The "pruning alone" baseline: one-shot global magnitude masks, then masked fine-tuning on S.

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
+from obstructlib.data import SizedDataset
 from obstructlib.engine import ResumableLoop, epoch_loader, resolve_device
 from obstructlib.errors import ConfigError, check_min, check_range
 from obstructlib.models import ImageClassifier
@@ -67,7 +67,7 @@ class SimCLRConfig:
             raise ConfigError(f"simclr.lr={self.lr}: use a value > 0")
 
 
-def simclr_pretrain(model: ImageClassifier, dataset: Dataset, cfg: SimCLRConfig, device: torch.device | str | None,
+def simclr_pretrain(model: ImageClassifier, dataset: SizedDataset, cfg: SimCLRConfig, device: torch.device | str | None,
                     *, ckpt_dir: str | os.PathLike | None = None, progress: bool = True) -> list[float]:
     """Pre-train ``model.encoder`` (in place) with SimCLR on ``dataset``'s images; labels are ignored.
 
@@ -94,7 +94,7 @@ def simclr_pretrain(model: ImageClassifier, dataset: Dataset, cfg: SimCLRConfig,
     opt = torch.optim.Adam(both.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loop = ResumableLoop(cfg.epochs, ckpt_dir=ckpt_dir, model=both, optimizer=opt, config=cfg, history=[],
                          map_location=device, progress=progress, desc="SimCLR")
-    bs = min(cfg.batch_size, len(dataset))  # type: ignore[arg-type]
+    bs = min(cfg.batch_size, len(dataset))
     for epoch in loop:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         model.train()

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
+from obstructlib.data import SizedDataset
 from obstructlib.engine import epoch_loader
 from obstructlib.errors import ConfigError
 from obstructlib.primitives.pruning import Masks
@@ -114,7 +114,7 @@ def admm_step(encoder: nn.Module, state: ADMMState, rho: float, gamma: float) ->
 
 
 # ---- data ------------------------------------------------------------------------------------
-def paired_batches(source: Dataset, target: Dataset, batch_size: int, seed: int,
+def paired_batches(source: SizedDataset, target: SizedDataset, batch_size: int, seed: int,
                    epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """One epoch of zipped, shuffled (source, target) batches; the order depends on ``(seed, epoch)`` only.
 
@@ -124,7 +124,7 @@ def paired_batches(source: Dataset, target: Dataset, batch_size: int, seed: int,
     Shape:
         yields ``(xs (B, C, H, W), ys (B,), xt (B, C, H', W'), yt (B,))``.
     """
-    bs = min(batch_size, len(source), len(target))  # type: ignore[arg-type]
+    bs = min(batch_size, len(source), len(target))
     s = epoch_loader(source, bs, seed=seed, epoch=epoch)
     t = epoch_loader(target, bs, seed=seed + 7919, epoch=epoch)
     for (xs, ys), (xt, yt) in zip(s, t):

@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
 
-from obstructlib.data import PerturbationStore, ProtectedDataset
+from obstructlib.data import PerturbationStore, ProtectedDataset, SizedDataset
 from obstructlib.data.labels import parse_protocol, relabel_dataset
 from obstructlib.engine import ClassifierTrainConfig, fit_classifier
 from obstructlib.errors import ConfigError, check_range
@@ -80,10 +79,10 @@ class HackerConfig:
 
 
 def evaluate(
-    train: Dataset,
+    train: SizedDataset,
     cfg: HackerConfig,
     *,
-    test: Dataset,
+    test: SizedDataset,
     store: PerturbationStore | None = None,
     device: torch.device | str | None = None,
     ckpt_dir: str | os.PathLike | None = None,
@@ -109,6 +108,9 @@ def evaluate(
     cfg.validate()
     train_h = relabel_dataset(train, cfg.labels, seed=cfg.label_seed)
     test_h = relabel_dataset(test, cfg.labels, seed=cfg.label_seed)
+    mapping = train_h.mapping
+    if mapping is None:  # relabel_dataset always sets it
+        raise ConfigError("the relabelled training set has no class mapping: relabel it with relabel_dataset")
     transform = image_countermeasure(cfg.countermeasure, jpeg_quality=cfg.jpeg_quality, cutout_size=cfg.cutout_size)
     data = ProtectedDataset(train_h, store, transform, augment=pad_crop_flip if cfg.augment else None)
     if cfg.seed is not None:
@@ -127,6 +129,6 @@ def evaluate(
         "curve": [float(v) for v in history["test_acc"]],
         "chance": 1.0 / len(train_h.classes),
         "num_classes": len(train_h.classes),
-        "label_mapping": train_h.mapping.tolist(),
+        "label_mapping": mapping.tolist(),
         "history": history,
     }

@@ -35,7 +35,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from obstructlib.data import PerturbationStore
+from obstructlib.data import PerturbationStore, SizedDataset
 from obstructlib.data.store import MAX_UNITS
 from obstructlib.engine import check_fingerprint, resolve_device
 from obstructlib.errors import ConfigError, check_min
@@ -189,13 +189,14 @@ class UCResult:
 
 
 def _load_images(
-    dataset: Dataset, cfg: UCConfig, device: torch.device, progress: bool
+    dataset: SizedDataset, cfg: UCConfig, device: torch.device, progress: bool
 ) -> torch.Tensor | None:
     """All images as one float tensor on ``device`` when they fit ``cfg.cache_max_bytes``; else None."""
     shape = dataset[0][0].shape
     if len(dataset) * int(np.prod(shape)) * 4 > cfg.cache_max_bytes:
         return None
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
+    # DataLoader takes any map-style dataset; torch annotates it with its Dataset
+    loader = DataLoader(cast(Dataset, dataset), batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
     parts = [item[0] for item in tqdm(loader, disable=not progress, desc="UC load images")]
     return torch.cat(parts).to(device)
 
@@ -214,7 +215,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 
 def protect(
-    dataset: Dataset,
+    dataset: SizedDataset,
     cfg: UCConfig,
     *,
     surrogate: nn.Module | str | None = None,

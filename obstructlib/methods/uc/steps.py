@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from obstructlib.data import SizedDataset
 from obstructlib.engine import autocast, grad_scaler, resolve_device
 from obstructlib.errors import ConfigError
 from obstructlib.models.generator import ResnetGenerator
@@ -76,7 +77,7 @@ def project_noise(delta: torch.Tensor, eps: float, norm: str = "linf") -> torch.
 
 
 def batches(
-    source: Dataset | torch.Tensor,
+    source: SizedDataset | torch.Tensor,
     indices: torch.Tensor | None,
     batch_size: int,
     device: torch.device,
@@ -88,7 +89,8 @@ def batches(
         for start in range(0, len(order), batch_size):
             yield source[order[start : start + batch_size].to(source.device)].to(device)
         return
-    ds = source if indices is None else Subset(source, indices.tolist())
+    data = cast(Dataset, source)  # Subset and DataLoader take any map-style dataset; torch annotates its Dataset
+    ds = data if indices is None else Subset(data, indices.tolist())
     for item in DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers):
         yield item[0].to(device)
 
@@ -96,7 +98,7 @@ def batches(
 @torch.no_grad()
 def extract_features(
     surrogate: nn.Module,
-    dataset: Dataset | torch.Tensor,
+    dataset: SizedDataset | torch.Tensor,
     device: torch.device | str | None = None,
     batch_size: int = 256,
     progress: bool = True,
@@ -138,7 +140,7 @@ def _augment(x: torch.Tensor, g: torch.Generator, scale: float = 224 / 256) -> t
 
 def train_generator(
     surrogate: nn.Module,
-    images: Dataset | torch.Tensor,
+    images: SizedDataset | torch.Tensor,
     target: torch.Tensor,
     cfg: UCConfig,
     device: torch.device | str | None = None,
