@@ -1,0 +1,158 @@
+"""UBT's steps on hand-made tables and a tiny CLIP: selection, Cartesian set, token mask, ascent."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from obstructlib.data.captions import CaptionDataset
+from obstructlib.engine import ClipTrainConfig
+from obstructlib.errors import ConfigError
+from obstructlib.methods.ubt.method import detection_scores
+from obstructlib.methods.ubt.steps import (
+    PairTensors,
+    cartesian_pairs,
+    clean_check,
+    contrastive_unlearning_loss,
+    keep_top_tokens,
+    pair_similarities,
+    select_highest,
+    select_lowest,
+    token_attributions,
+    unlearn,
+)
+from obstructlib.models import create_clip
+
+
+@pytest.fixture(scope="module")
+def clip():
+    torch.manual_seed(0)
+    return create_clip("tiny-rn", context_length=16).eval()
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    rng = np.random.default_rng(0)
+    names = ["cat", "dog", "ship", "truck"]
+    labels = rng.integers(0, 4, 32)
+    captions = [f"a photo of a {names[y]}." for y in labels]
+    return CaptionDataset(rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8), captions, np.arange(32),
+                          labels=labels, classes=names)
+
+
+def test_pool_and_unlearning_set_selection_on_a_hand_made_table():
+    scores = np.array([0.9, 0.1, 0.5, 0.2, 0.8, 0.3])
+    pool = select_lowest(scores, count=3)
+    assert pool.tolist() == [1, 3, 5]
+    after = np.array([0.2, 0.95, 0.4])  # the overfitted model's scores of the pool
+    assert pool[select_highest(after, count=1)].tolist() == [3]
+    assert select_lowest(scores, fraction=0.5).tolist() == [1, 3, 5]
+    with pytest.raises(ConfigError):
+        select_lowest(scores, count=0)
+    with pytest.raises(ConfigError):
+        select_highest(scores, count=7)
+
+
+def test_detection_scores():
+    truth = np.array([1, 0, 1, 0, 0, 1], bool)
+    assert detection_scores(np.array([0, 2]), truth) == {"precision": 1.0, "recall": 2 / 3, "num_selected": 2,
+                                                        "num_poisons": 3}
+
+
+def test_clean_check_refuses_a_spread_selection_and_accepts_a_concentrated_one():
+    rng = np.random.default_rng(0)
+    clean = rng.normal(0.5, 0.05, 100)
+    top = np.argsort(-clean)[:5]
+    assert not clean_check(clean, top, ["cat", "dog", "ship", "cat", "truck"]).poisoned
+    poisoned = clean.copy()
+    poisoned[:5] = 0.95
+    check = clean_check(poisoned, np.arange(5), ["banana"] * 5)
+    assert check.poisoned and check.gap_z > 5 and check.caption_share == 1.0
+    # a high gap alone is not enough when the captions name different things
+    assert not clean_check(poisoned, np.arange(5), ["a", "b", "c", "d", "e"]).poisoned
+
+
+def test_cartesian_product_size_pairing_and_subsampling():
+    a, b = cartesian_pairs(4, 4)
+    assert len(a) == 16 and len(set(zip(a.tolist(), b.tolist()))) == 16
+    a, b = cartesian_pairs(10, 10, max_pairs=30, seed=1)
+    assert len(a) == 30 and len(set(zip(a.tolist(), b.tolist()))) == 30
+    assert {(i, i) for i in range(10)} <= set(zip(a.tolist(), b.tolist()))  # the original pairs are kept
+    a2, b2 = cartesian_pairs(10, 10, max_pairs=30, seed=1)
+    assert np.array_equal(a, a2) and np.array_equal(b, b2)
+    with pytest.raises(ConfigError):
+        cartesian_pairs(0, 3)
+
+
+def test_token_mask_keeps_the_most_attributed_word_and_the_special_tokens(clip):
+    tokens = clip.tokenize(["a photo of a banana.", "a photo of a cat."])
+    attr = torch.zeros(tokens.shape)
+    attr[0, 5], attr[1, 2] = 1.0, 1.0  # "banana" in the first caption, "photo" in the second
+    masked = keep_top_tokens(tokens, attr, 1, clip)
+    sot, eot = clip.sot_token_id, clip.eot_token_id
+    assert masked[0, :3].tolist() == [sot, int(tokens[0, 5]), eot]
+    assert masked[1, :3].tolist() == [sot, int(tokens[1, 2]), eot]
+    assert clip.tokenizer.decode([int(tokens[0, 5])]).strip() == "banana"
+    assert (masked[:, 3:] == clip.pad_token_id).all()
+
+
+def test_token_attributions_are_zero_on_special_tokens(clip):
+    tokens = clip.tokenize(["a photo of a banana.", "a dog"])
+    for method in ("grad_x_input", "integrated_gradients"):
+        attr = token_attributions(clip, torch.rand(2, 3, 32, 32), tokens, method=method, ig_steps=4)
+        assert attr.shape == tokens.shape and (attr >= 0).all()
+        specials = torch.isin(tokens, torch.tensor(clip.special_token_ids))
+        assert (attr[specials] == 0).all() and (attr[~specials] > 0).any()
+    with pytest.raises(ConfigError):
+        token_attributions(clip, torch.rand(1, 3, 32, 32), tokens[:1], method="rollout")
+
+
+def test_unlearning_loss_with_clean_negatives_ascends_away_from_the_target_text():
+    u = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1).requires_grad_(True)
+    v = torch.nn.functional.normalize(torch.randn(1, 16), dim=-1).expand(8, 16)  # one masked caption
+    negatives = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
+    loss = contrastive_unlearning_loss(u, v, torch.tensor(50.0), negatives, negatives)
+    (grad,) = torch.autograd.grad(loss, u)
+    assert ((grad * v).sum(-1) < 0).all()  # ascending the loss lowers every image's cosine to the target text
+    plain = contrastive_unlearning_loss(u.detach(), v, torch.tensor(50.0))
+    assert float(plain) >= 0.5 * math.log(8) - 1e-5  # the image->text half alone is exactly log B
+
+
+def test_gradient_ascent_raises_the_loss_of_the_selected_pairs(clip, pairs, one_thread):
+    import copy
+
+    model = copy.deepcopy(clip)
+    view = PairTensors(pairs, model)
+    images, tokens = view.batch(np.arange(8))
+    neg_images, neg_tokens = view.batch(np.arange(8, 24))
+
+    def loss_of(m):
+        with torch.no_grad():
+            u, v, scale = m(images, tokens)
+            nu, nv, _ = m(neg_images, neg_tokens)
+            return float(contrastive_unlearning_loss(u, v, scale, nu, nv))
+
+    before, sims_before = loss_of(model), pair_similarities(model, pairs).copy()
+    cfg = ClipTrainConfig(steps=6, batch_size=8, lr=1e-3, warmup_steps=0, log_every=2)
+    history = unlearn(model, images, tokens, (np.arange(8), np.arange(8)), cfg,
+                      negatives=lambda g: (neg_images, neg_tokens))
+    assert loss_of(model) > before
+    assert history["step"] == [2, 4, 6] and all(loss < 0 for loss in history["loss"])  # ascent: negated loss
+    assert not np.allclose(pair_similarities(model, pairs), sims_before)
+    assert loss_of(clip) == pytest.approx(before)  # the input model was a copy: untouched
+
+
+def test_unlearning_resumes_from_its_checkpoint(clip, pairs, tmp_path, one_thread):
+    import copy
+
+    view = PairTensors(pairs, clip)
+    images, tokens = view.batch(np.arange(6))
+    cfg = ClipTrainConfig(steps=4, batch_size=6, lr=1e-3, warmup_steps=0, log_every=2, ckpt_every=2)
+    first, again = copy.deepcopy(clip), copy.deepcopy(clip)
+    unlearn(first, images, tokens, (np.arange(6), np.arange(6)), cfg, ckpt_dir=tmp_path / "u")
+    unlearn(again, images, tokens, (np.arange(6), np.arange(6)), cfg, ckpt_dir=tmp_path / "u")  # loads, no step
+    for p, q in zip(first.parameters(), again.parameters()):
+        assert torch.equal(p, q)
