@@ -78,7 +78,8 @@ class UBTConfig:
         check: run the clean-model check and refuse to unlearn a model that fails it (paper V-E).
         min_gap_z: the check's least gap of D_u above the rest of the pool, in the pool's
             standard deviations ``[design]``.
-        min_caption_share: the check's least share of one masked caption in D_u ``[design]``.
+        min_caption_share: the check's least share of D_u's captions whose most attributed word is
+            the same word ``[design]``.
         attribution: ``grad_x_input`` or ``integrated_gradients`` ``[design]`` (the paper uses
             Chefer et al.'s relevance, arXiv:2103.15679).
         ig_steps: integrated gradients' steps.
@@ -316,7 +317,8 @@ def defend(
     timings["attribute"] = time.perf_counter() - started
     check = None
     if cfg.check:
-        check = clean_check(scores_after, ranked, masked_text, min_gap_z=cfg.min_gap_z,
+        top_word = _decode(poisoned_model, keep_top_tokens(tokens, attributions, 1, poisoned_model))
+        check = clean_check(scores_after, ranked, top_word, min_gap_z=cfg.min_gap_z,
                             min_caption_share=cfg.min_caption_share)
     refused = check is not None and not check.poisoned
     report = UBTReport(pool=pool, selected=selected, scores_clean=scores_clean, scores_before=scores_before,
