@@ -230,7 +230,7 @@ def stegastamp():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        cfg = StegaTrainConfig(steps=100, batch_size=24, seed=0)
+        cfg = StegaTrainConfig(steps=100, batch_size=24, n_bits=16, seed=0)  # ~5 s on one core
         return train_stegastamp(_structured(256), cfg, device="cpu")
     finally:
         torch.set_num_threads(threads)
@@ -238,30 +238,31 @@ def stegastamp():
 
 def test_stegastamp_short_training_hides_bits_within_the_bound(stegastamp):
     encoder, decoder, report = stegastamp
-    assert report["bit_accuracy"] > 0.75, report
+    assert report["bit_accuracy"] > 0.9, report  # 0.99 here (chance: 0.5)
     assert report["psnr_db"] > 26 and report["steps"] == 100 and report["heldout_images"] == 26
     x = _structured(8, seed=1)
-    bits = torch.randint(0, 2, (8, 32), generator=torch.Generator().manual_seed(0)).float()
+    bits = torch.randint(0, 2, (8, 16), generator=torch.Generator().manual_seed(0)).float()
     with torch.no_grad():
         residual, encoded = encoder.residual(x, bits), encoder(x, bits)
         accuracy = float(((decoder(encoded) > 0).float() == bits).float().mean())
     assert float(residual.abs().max()) <= encoder.max_residual
     assert float((encoded - x).abs().max()) <= encoder.max_residual + 1e-6
-    assert accuracy > 0.7
-    ssba = SSBA(encoder, secret_bits())
+    assert accuracy > 0.85
+    secret = secret_bits(n_bits=16)
+    ssba = SSBA(encoder, secret)
     with torch.no_grad():
-        expected = encoder(x, secret_bits())
+        expected = encoder(x, secret)
     assert torch.allclose(ssba(x), expected, atol=1e-6)
-    assert ssba.describe()["secret"] == "".join(str(int(b)) for b in secret_bits().tolist())
+    assert ssba.describe()["secret"] == "".join(str(int(b)) for b in secret.tolist())
 
 
 def test_stegastamp_save_load_round_trip(stegastamp, tmp_path):
     encoder, decoder, _ = stegastamp
     path = save_stegastamp(tmp_path / "ssba", encoder, decoder)
     assert path.name == "ssba.safetensors"
-    enc2, dec2 = load_stegastamp(path)
+    enc2, dec2 = load_stegastamp(tmp_path / "ssba")  # the suffix is added as on saving
     assert isinstance(dec2, StegaDecoder)
-    x, bits = _structured(2, seed=2), secret_bits("abc")
+    x, bits = _structured(2, seed=2), secret_bits("abc", 16)
     with torch.no_grad():
         assert torch.equal(enc2(x, bits), encoder(x, bits))
         assert torch.equal(dec2(x), decoder(x))

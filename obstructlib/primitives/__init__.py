@@ -10,6 +10,7 @@
 - :mod:`~obstructlib.primitives.countermeasures`: what a hacker tries against protected data, as
   one registry;
 - :mod:`~obstructlib.primitives.pruning`: masks, their parametrisation and magnitude pruning;
+- :mod:`~obstructlib.primitives.image_triggers`: BadNet, Blended, SIG, WaNet, patch and SSBA image triggers;
 - :mod:`~obstructlib.primitives.feature_losses`: Gaussian MMD, the Fisher ratio, NT-Xent.
 
 Modules are imported on first use (``from obstructlib.primitives.perturb import pgd``); this
