@@ -156,3 +156,15 @@ def test_unlearning_resumes_from_its_checkpoint(clip, pairs, tmp_path, one_threa
     unlearn(again, images, tokens, (np.arange(6), np.arange(6)), cfg, ckpt_dir=tmp_path / "u")  # loads, no step
     for p, q in zip(first.parameters(), again.parameters()):
         assert torch.equal(p, q)
+
+
+def test_per_pair_unlearning_losses_match_one_pair_at_a_time():
+    u = torch.nn.functional.normalize(torch.randn(5, 16), dim=-1)
+    v = torch.nn.functional.normalize(torch.randn(5, 16), dim=-1)
+    neg = torch.nn.functional.normalize(torch.randn(7, 16), dim=-1)
+    rows = contrastive_unlearning_loss(u, v, torch.tensor(30.0), neg, neg, reduction="none")
+    one = [contrastive_unlearning_loss(u[i:i + 1], v[i:i + 1], torch.tensor(30.0), neg, neg) for i in range(5)]
+    assert torch.allclose(rows, torch.stack(one), atol=1e-6)
+    assert torch.isclose(rows.mean(), contrastive_unlearning_loss(u, v, torch.tensor(30.0), neg, neg))
+    with pytest.raises(ConfigError):
+        contrastive_unlearning_loss(u, v, torch.tensor(30.0), reduction="none")

@@ -435,7 +435,8 @@ def cartesian_pairs(num_images: int, num_captions: int, *, max_pairs: int | None
 
 # ---- step 5: unlearning ------------------------------------------------------------------------------
 def contrastive_unlearning_loss(u: torch.Tensor, v: torch.Tensor, scale: torch.Tensor,
-                                neg_u: torch.Tensor | None = None, neg_v: torch.Tensor | None = None) -> torch.Tensor:
+                                neg_u: torch.Tensor | None = None, neg_v: torch.Tensor | None = None,
+                                reduction: str = "mean") -> torch.Tensor:
     """The CLIP loss of the unlearning pairs ``(u_i, v_i)``, with optional extra negatives.
 
     Without negatives it is the symmetric InfoNCE of the batch. With clean negatives, row i scores
@@ -446,12 +447,15 @@ def contrastive_unlearning_loss(u: torch.Tensor, v: torch.Tensor, scale: torch.T
     images); the clean negatives are what gives the ascent a direction away from the target text.
     """
     if neg_u is None or neg_v is None or len(neg_u) == 0:
+        if reduction != "mean":
+            raise ConfigError("per-pair unlearning losses need clean negatives: set negatives > 0")
         return _info_nce(u, v, scale)
     labels = torch.zeros(len(u), dtype=torch.long, device=u.device)
     pos = (u * v).sum(-1, keepdim=True)
     i2t = torch.cat([pos, u @ neg_v.T], dim=1) * scale
     t2i = torch.cat([pos, v @ neg_u.T], dim=1) * scale
-    return 0.5 * (F.cross_entropy(i2t, labels) + F.cross_entropy(t2i, labels))
+    rows = 0.5 * (F.cross_entropy(i2t, labels, reduction="none") + F.cross_entropy(t2i, labels, reduction="none"))
+    return rows if reduction == "none" else rows.mean()
 
 
 def _image_mask(model: Any, images: torch.Tensor, tokens: torch.Tensor, keep: float, device: torch.device
@@ -526,10 +530,10 @@ def unlearn(
             neg_u, neg_v, _ = _features(bare, neg_images, neg_tokens, device, cfg.amp)
         if max_loss is None:
             loss = -contrastive_unlearning_loss(u, v, scale, neg_u, neg_v)
-        else:  # per-pair losses, each ascended only while below the bound
-            rows = [contrastive_unlearning_loss(u[i:i + 1], v[i:i + 1], scale, neg_u, neg_v) for i in range(len(u))]
-            loss = -torch.stack(rows).clamp(max=max_loss).mean() if neg_u is not None else \
-                -contrastive_unlearning_loss(u, v, scale).clamp(max=max_loss)
+        elif neg_u is not None:  # per-pair losses, each ascended only while below the bound
+            loss = -contrastive_unlearning_loss(u, v, scale, neg_u, neg_v, reduction="none").clamp(max=max_loss).mean()
+        else:
+            loss = -contrastive_unlearning_loss(u, v, scale).clamp(max=max_loss)
         if retain is not None and retain_weight > 0:
             r_images, r_tokens = retain(generator)
             ru, rv, rscale = _features(bare, r_images, r_tokens, device, cfg.amp)
