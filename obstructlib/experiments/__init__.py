@@ -65,6 +65,7 @@ def load_runners() -> dict[str, Runner]:
         clip_baseline,  # noqa: F401
         mem,  # noqa: F401
         ntp,  # noqa: F401
+        ubt,  # noqa: F401
         uc,  # noqa: F401
     )
 

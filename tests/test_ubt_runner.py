@@ -1,0 +1,52 @@
+"""``obstruct ubt`` end to end on tiny embedded data, and its bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from obstructlib.experiments.common import execute
+
+TINY = ["pretrain_samples=300", "train_samples=200", "heldout_samples=60", "test_samples=100", "pretrain.steps=20",
+        "victim.steps=20", "victim.batch_size=32", "pretrain.batch_size=32", "ubt.overfit.epochs=1",
+        "ubt.unlearn.epochs=1", "ubt.unlearn_fraction=0.05", "ubt.pool_fraction=0.2", "min_asr=0",
+        "attack.poison_rate=0.1"]
+
+
+@pytest.mark.slow
+def test_ubt_runner_end_to_end_writes_the_contract_metrics(tmp_path, one_thread):
+    out = tmp_path / "run"
+    execute("ubt", profile="quick", overrides=[*TINY, "ubt.check=false"], seed=0, device="cpu", data_root=tmp_path,
+            out=out, progress=False, restart=False, argv=None,
+            flags={"dataset": "synthetic", "attack.attack": "sig", "defense": "ubt,none"})
+    m = json.loads((out / "results.json").read_text())["metrics"]
+    assert {"ca", "asr", "kl"} <= set(m["poisoned"]) and {"ca", "asr"} <= set(m["clean"])
+    assert {"pool_recall", "pool_precision", "unlearn_precision"} <= set(m["detection"])
+    assert m["refused"] is False and set(m["defenses"]) == {"ubt", "none"}
+    assert m["defenses"]["none"]["asr"] == m["poisoned"]["asr"]
+    assert m["defenses"]["ubt"]["kl"] != m["poisoned"]["kl"]  # the defence changed the model
+    assert m["attack"]["num_poisons"] == 20
+
+
+def test_ubt_runner_refuses_a_model_without_backdoor(tmp_path, one_thread):
+    out = tmp_path / "run"
+    sets = [s for s in TINY if not s.startswith("min_asr")] + ["min_asr=100"]
+    execute("ubt", profile="quick", overrides=sets, seed=0, device="cpu", data_root=tmp_path, out=out,
+            progress=False, restart=False, argv=None, flags={"dataset": "synthetic", "attack.attack": "sig"})
+    m = json.loads((out / "results.json").read_text())["metrics"]
+    assert m["refused"] is True and "min_asr" in m["refusal_reason"] and m["defenses"] == {}
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["--attack", "nope"], "attack"),
+    (["--poison-rate", "1.5"], "poison_rate"),
+    (["--defense", "magic"], "defense"),
+    (["--target", "banana", "--set", "attack.add_target_class=false", "--dataset", "synthetic"], "not a class"),
+])
+def test_ubt_bad_inputs_fail_with_one_line(cli_fails, tmp_path, argv, words):
+    cli_fails(["ubt", "--out", str(tmp_path / "r"), "--data-root", str(tmp_path), *TINY_SET(), *argv], words)
+
+
+def TINY_SET() -> list[str]:  # noqa: N802 - reads like the constant it expands
+    return [a for s in TINY if not s.startswith("attack.") for a in ("--set", s)]
