@@ -46,7 +46,7 @@ from obstructlib.methods.ubt.baselines import (
 )
 from obstructlib.methods.ubt.evaluate import evaluate
 from obstructlib.methods.ubt.method import UBTConfig, defend, detection_scores
-from obstructlib.methods.ubt.steps import PairTensors, cartesian_pairs, unlearn
+from obstructlib.methods.ubt.steps import PairSubset, PairTensors, cartesian_pairs, unlearn
 from obstructlib.models import create_clip
 from obstructlib.primitives.image_triggers import PatchTrigger
 from obstructlib.primitives.stegastamp import load_stegastamp, save_stegastamp
@@ -431,7 +431,7 @@ def run(cfg: UBTRunConfig, ctx: RunContext) -> dict[str, Any]:
     victim = _fine_tune(cfg, ctx, clean, poisoned_set, "victim")
     clean_idx = np.flatnonzero(~is_poison)
     reference = victim if cfg.attack.attack == "none" else _fine_tune(
-        cfg, ctx, clean, _SubsetPairs(poisoned_set, clean_idx), "reference")
+        cfg, ctx, clean, PairSubset(poisoned_set, clean_idx), "reference")
 
     def score(model: Any) -> dict[str, float]:
         with ctx.timer("evaluate"):
@@ -465,33 +465,13 @@ def run(cfg: UBTRunConfig, ctx: RunContext) -> dict[str, Any]:
     metrics["ubt_refused"] = ubt_row.get("refused")
     if "ubt" in cfg.defenses() and cfg.attack.attack != "none":  # the clean-model check on the reference
         with ctx.timer("clean_check_on_reference"):
-            check = defend(reference, _SubsetPairs(poisoned_set, clean_idx), dataclasses.replace(cfg.ubt),
+            check = defend(reference, PairSubset(poisoned_set, clean_idx), dataclasses.replace(cfg.ubt),
                            clean_model=clean, device=ctx.device, ckpt_dir=ctx.stage_dir("check_reference"),
                            progress=ctx.progress)
         metrics["clean_model_check"] = {"refused": check.report.refused,
                                         "check": None if check.report.check is None
                                         else dataclasses.asdict(check.report.check)}
     return metrics
-
-
-class _SubsetPairs(torch.utils.data.Dataset):
-    """Pairs of a CaptionDataset by index, sharing its images (what fit_clip and encode_dataset need)."""
-
-    def __init__(self, pairs: Any, index: np.ndarray) -> None:
-        self.base, self.index = pairs, index
-        self.image_ids = np.asarray(pairs.image_ids)[index]
-        self.captions = [pairs.captions[i] for i in index]
-        self.labels = None if pairs.labels is None else np.asarray(pairs.labels)[index]
-        self.classes, self.templates = pairs.classes, pairs.templates
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def get_image(self, image_index: int) -> torch.Tensor:
-        return self.base.get_image(image_index)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, int]:
-        return self.base.get_image(int(self.image_ids[i])), self.captions[i], int(self.image_ids[i])
 
 
 register_runner(Runner(

@@ -34,6 +34,7 @@ from obstructlib.engine import ClipTrainConfig, resolve_device
 from obstructlib.errors import ConfigError, check_range
 from obstructlib.methods.ubt.steps import (
     CleanCheck,
+    PairSubset,
     PairTensors,
     _draw,
     cartesian_pairs,
@@ -283,7 +284,7 @@ def defend(
     select = select_lowest if cfg.pool_direction == "lowest" else select_highest
     pool = select(scores_clean, count=cfg.pool_count, fraction=None if cfg.pool_count else cfg.pool_fraction)
     normal = np.setdiff1d(np.arange(n), pool)
-    pool_pairs = pairs_subset(pairs, pool)
+    pool_pairs = PairSubset(pairs, pool)
     scores_before = pair_similarities(poisoned_model, pool_pairs, device)
     timings["score"] = time.perf_counter() - started
 
@@ -361,23 +362,3 @@ def defend(
     timings["unlearn"] = time.perf_counter() - started
     report.timings_s = {k: round(v, 3) for k, v in timings.items()}
     return UBTResult(model, report)
-
-
-def pairs_subset(pairs: Any, index: np.ndarray) -> Any:
-    """The pairs ``index`` of a ``CaptionDataset`` as a dataset for :func:`pair_similarities`."""
-    return _Subset(pairs, np.asarray(index, dtype=np.int64))
-
-
-class _Subset(torch.utils.data.Dataset):
-    """Pairs of a caption dataset by index; images grouped lazily by ``encode_dataset``'s generic path."""
-
-    def __init__(self, pairs: Any, index: np.ndarray) -> None:
-        self.pairs, self.index = pairs, index
-        self.ids = np.asarray(pairs.image_ids)[index]
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, int]:
-        j = int(self.index[i])
-        return self.pairs.get_image(int(self.ids[i])), self.pairs.captions[j], int(self.ids[i])

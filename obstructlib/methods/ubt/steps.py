@@ -40,11 +40,12 @@ from torch import nn
 
 from obstructlib.data.tokens import tokenize_captions
 from obstructlib.engine import ClipTrainConfig, ResumableLoop, autocast, encode_dataset, resolve_device
-from obstructlib.engine.clip import clip_adamw
+from obstructlib.engine.clip import _warmup_cosine, clip_adamw
 from obstructlib.errors import ConfigError
 
 __all__ = [
     "CleanCheck",
+    "PairSubset",
     "PairTensors",
     "cartesian_pairs",
     "clean_check",
@@ -92,6 +93,32 @@ class PairTensors:
         """``(images, tokens)`` of the pairs ``index``."""
         idx = np.asarray(index, dtype=np.int64).reshape(-1)
         return self.images(idx), self.tokens[torch.as_tensor(idx)]
+
+
+class PairSubset(torch.utils.data.Dataset):
+    """The pairs ``index`` of a caption dataset, sharing its images (image ids stay the base's).
+
+    What ``fit_clip``, ``encode_dataset`` and :class:`PairTensors` need: items ``(image, caption,
+    image_id)``, ``image_ids``, ``captions``, ``labels``, ``classes``, ``templates`` and ``get_image``.
+    """
+
+    def __init__(self, pairs: Any, index: Sequence[int] | np.ndarray) -> None:
+        self.base, self.index = pairs, np.asarray(index, dtype=np.int64)
+        self.image_ids = np.asarray(pairs.image_ids)[self.index]
+        self.captions = [pairs.captions[i] for i in self.index]
+        labels = getattr(pairs, "labels", None)
+        self.labels = None if labels is None else np.asarray(labels)[self.index]
+        self.classes, self.templates = getattr(pairs, "classes", []), getattr(pairs, "templates", None)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def get_image(self, image_index: int) -> torch.Tensor:
+        """The base set's image ``image_index``."""
+        return self.base.get_image(image_index)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, int]:
+        return self.base.get_image(int(self.image_ids[i])), self.captions[i], int(self.image_ids[i])
 
 
 # ---- step 1: scores and selection --------------------------------------------------------------
@@ -142,12 +169,6 @@ def select_highest(scores: np.ndarray, *, count: int | None = None, fraction: fl
 
 
 # ---- the one optimisation loop -------------------------------------------------------------------
-def _warmup_cosine(step: int, warmup: int, total: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1.0 + math.cos(math.pi * min((step - warmup) / max(1, total - warmup), 1.0)))
-
-
 def train_stage(
     model: nn.Module,
     loss_fn: Callable[[torch.Generator], torch.Tensor],
