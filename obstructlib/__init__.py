@@ -64,6 +64,7 @@ _LAZY = {
 # namespaces: one per paper (``ob.uc.protect``) and one per layer (``ob.data.load_dataset``)
 _NAMESPACES = {
     "uc": "obstructlib.methods.uc", "mem": "obstructlib.methods.mem", "ntp": "obstructlib.methods.ntp",
+    "ubt": "obstructlib.methods.ubt",
     "data": "obstructlib.data", "models": "obstructlib.models", "engine": "obstructlib.engine",
     "metrics": "obstructlib.metrics", "primitives": "obstructlib.primitives",
     "plotting": "obstructlib.plotting",

@@ -50,3 +50,31 @@ def test_ubt_bad_inputs_fail_with_one_line(cli_fails, tmp_path, argv, words):
 
 def TINY_SET() -> list[str]:  # noqa: N802 - reads like the constant it expands
     return [a for s in TINY if not s.startswith("attack.") for a in ("--set", s)]
+
+
+def _seed_fields(tree, prefix=""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _seed_fields(value, f"{prefix}{key}.")
+        elif key == "seed":
+            yield f"{prefix}{key}", value
+
+
+def test_attacker_victim_and_defender_streams_are_independent():
+    import dataclasses
+
+    import obstructlib as ob
+    from obstructlib.experiments import RUNNERS, load_runners
+
+    load_runners()
+    for seed in (0, 1, 7):
+        cfg = RUNNERS["ubt"].resolve(ob.config_for("ubt", "quick"), seed)
+        seeds = dict(_seed_fields(dataclasses.asdict(cfg)))
+        defenders = {v for k, v in seeds.items() if k.split(".")[0] in ("ubt", "ft", "cleanclip", "roclip", "abl")}
+        assert defenders == {seed + 10, seed + 11}
+        # UBT's own stages use the defender's seed and the next one; none is the attacker's or victim's
+        used = {cfg.attack.seed, cfg.victim.seed, cfg.pretrain.seed}
+        assert len(used) == 3 and used.isdisjoint({seed + 10, seed + 11})
+        assert set(seeds.values()) <= used | defenders, seeds
+    other = RUNNERS["ubt"].resolve(ob.config_for("ubt", "quick"), 1)
+    assert other.attack.seed != cfg.attack.seed  # another seed is another, independent attacker

@@ -16,6 +16,7 @@ from obstructlib.methods.ubt.steps import (
     PairTensors,
     cartesian_pairs,
     clean_check,
+    consensus_filter,
     contrastive_unlearning_loss,
     keep_top_tokens,
     pair_similarities,
@@ -23,6 +24,7 @@ from obstructlib.methods.ubt.steps import (
     select_lowest,
     token_attributions,
     unlearn,
+    word_share,
 )
 from obstructlib.models import create_clip
 
@@ -66,13 +68,47 @@ def test_clean_check_refuses_a_spread_selection_and_accepts_a_concentrated_one()
     rng = np.random.default_rng(0)
     clean = rng.normal(0.5, 0.05, 100)
     top = np.argsort(-clean)[:5]
-    assert not clean_check(clean, top, ["cat", "dog", "ship", "cat", "truck"]).poisoned
+    corpus = ["a photo of a cat."] * 40 + ["a dog."] * 40 + ["a ship"] * 17 + ["a banana."] * 3
+    assert not clean_check(clean, top, ["cat", "dog", "ship", "cat", "truck"], corpus_captions=corpus).poisoned
     poisoned = clean.copy()
     poisoned[:5] = 0.95
-    check = clean_check(poisoned, np.arange(5), ["banana"] * 5)
-    assert check.poisoned and check.gap_z > 5 and check.caption_share == 1.0
+    check = clean_check(poisoned, np.arange(5), ["banana"] * 5, corpus_captions=corpus, min_gap_z=2.0)
+    assert check.poisoned and check.gap_z > 5 and check.caption_share == 1.0 and check.word == "banana"
+    assert check.lift == pytest.approx(1.0 / 0.03)
     # a high gap alone is not enough when the captions name different things
-    assert not clean_check(poisoned, np.arange(5), ["a", "b", "c", "d", "e"]).poisoned
+    assert not clean_check(poisoned, np.arange(5), ["a", "b", "c", "d", "e"], corpus_captions=corpus).poisoned
+    # one common class dominating D_u is no backdoor: its word is common in D (lift 1 / 0.4 = 2.5)
+    common = clean_check(poisoned, np.arange(5), ["cat"] * 5, corpus_captions=corpus)
+    assert common.caption_share == 1.0 and common.lift == pytest.approx(2.5) and not common.poisoned
+
+
+def test_word_share_matches_whole_words_only():
+    assert word_share(["a banana.", "bananas", "BANANA split", "a cat"], "banana") == 0.5
+    assert word_share([], "banana") == 0.0
+
+
+def test_consensus_filter_keeps_the_pairs_that_agree_on_the_top_word():
+    assert consensus_filter(["banana", "frog", "banana", "ship"]).tolist() == [0, 2]
+    assert consensus_filter(["a", "b", "c"]).tolist() == [0, 1, 2]  # no two agree: keep all
+
+
+def test_bounded_ascent_stops_once_every_pair_is_above_the_bound(clip, pairs, tmp_path, one_thread):
+    import copy
+
+    view = PairTensors(pairs, clip)
+    images, tokens = view.batch(np.arange(8))
+    negatives = view.batch(np.arange(8, 24))
+    cfg = ClipTrainConfig(steps=40, batch_size=8, lr=1e-3, warmup_steps=0, log_every=5, ckpt_every=5)
+    model = copy.deepcopy(clip)
+    history = unlearn(model, images, tokens, (np.arange(8), np.arange(8)), cfg, negatives=lambda g: negatives,
+                      max_loss=0.5, patience=3, ckpt_dir=tmp_path / "u")  # 0.5 < log(17): at the bound at once
+    assert history["stopped_at"] == [3] and history["step"][-1] == 3
+    again = copy.deepcopy(clip)
+    resumed = unlearn(again, images, tokens, (np.arange(8), np.arange(8)), cfg, negatives=lambda g: negatives,
+                      max_loss=0.5, patience=3, ckpt_dir=tmp_path / "u")  # remembers the stop: no step
+    assert resumed["stopped_at"] == [3]
+    for p, q in zip(model.parameters(), again.parameters()):
+        assert torch.equal(p, q)
 
 
 def test_cartesian_product_size_pairing_and_subsampling():

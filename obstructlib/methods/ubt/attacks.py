@@ -44,7 +44,7 @@ from obstructlib.primitives.image_triggers import (
 from obstructlib.primitives.stegastamp import StegaTrainConfig, load_stegastamp, secret_bits, train_stegastamp
 from obstructlib.registry import Registry
 
-__all__ = ["ATTACKS", "AttackConfig", "build_trigger", "poison_pairs", "target_prompt", "triggered_copy"]
+__all__ = ["ATTACKS", "AttackConfig", "build_trigger", "class_names", "poison_pairs", "target_prompt", "triggered_copy"]
 
 # keys of test images: far from any training pair index, so test triggers are fresh draws
 TEST_KEY_OFFSET = 10_000_000

@@ -574,5 +574,5 @@ def abl(poisoned_model: _M, train_pairs: Any, cfg: ABLConfig, *, device: Device 
         return -contrastive_unlearning_loss(u, v, scale, neg_u, neg_v)
 
     train_stage(model, loss_fn, stage_steps(len(isolated), train), train, ckpt_dir=ckpt_dir, progress=progress,
-                desc="abl")
+                desc="abl", freeze_norm_stats=True)  # an ascent, like UBT's: BatchNorm statistics stay
     return model, isolated

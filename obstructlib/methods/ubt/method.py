@@ -8,9 +8,11 @@ clean pretrained CLIP (the public model the victim started from). The steps (pap
    suspicious pool D_s (the rest is the normal set D_c);
 2. overfit a copy of the poisoned model to D_s with D_c's InfoNCE as the regulariser;
 3. re-rank D_s by the overfitted model and keep the top ``unlearn_fraction`` of D as D_u;
-4. check from D_u's scores whether there is a backdoor at all; a clean model is returned unchanged;
-5. attribute D_u's caption tokens, keep the top ones, pair every selected image with every masked
-   caption, and ascend the CLIP loss from the poisoned model.
+4. attribute D_u's caption tokens; check from D_u's scores and most attributed words whether there
+   is a backdoor at all (a clean model is returned unchanged), and keep the pairs whose most
+   attributed word is D_u's most common one (``consensus``);
+5. keep the top tokens of each caption, pair every selected image with every masked caption, and
+   ascend the CLIP loss from the poisoned model.
 
 Every choice the paper leaves open is a field of :class:`UBTConfig`, documented as ``[design]``.
 
@@ -39,6 +41,7 @@ from obstructlib.methods.ubt.steps import (
     _draw,
     cartesian_pairs,
     clean_check,
+    consensus_filter,
     keep_top_tokens,
     mask_images,
     overfit,
@@ -81,6 +84,10 @@ class UBTConfig:
             standard deviations ``[design]``.
         min_caption_share: the check's least share of D_u's captions whose most attributed word is
             the same word ``[design]``.
+        min_lift: the check's least ratio of that share to the word's share of all of D's
+            captions ``[design]`` (see :class:`~obstructlib.methods.ubt.steps.CleanCheck`).
+        consensus: unlearn only the D_u pairs whose most attributed word is D_u's most common one
+            ``[design]`` (the paper unlearns all of D_u; False is that ablation).
         attribution: ``grad_x_input`` or ``integrated_gradients`` ``[design]`` (the paper uses
             Chefer et al.'s relevance, arXiv:2103.15679).
         ig_steps: integrated gradients' steps.
@@ -94,7 +101,9 @@ class UBTConfig:
         unlearn: the ascent's recipe (paper: 5 epochs, batch 64, lr 1e-5).
         negatives: clean pairs of D_c per ascent step as extra negatives (0: the plain in-batch loss,
             whose gradient vanishes when every masked caption is the same word) ``[design]``.
-        max_loss: stop ascending a pair once its loss exceeds this (None: unbounded) ``[design]``.
+        max_loss: stop ascending a pair once its loss exceeds this (None: unbounded) ``[design]``;
+            the ascent ends once ``patience`` consecutive batches are all above it.
+        patience: see ``max_loss``.
         retain_weight: a descended CLIP loss on D_c batches (the paper has none) ``[design]``.
         seed: the defender's own stream (batch draws, sub-sampling), independent of the attacker's.
     """
@@ -109,8 +118,10 @@ class UBTConfig:
     unlearn_fraction: float = 0.001
     unlearn_count: int | None = None
     check: bool = True
-    min_gap_z: float = 2.0
-    min_caption_share: float = 0.5
+    min_gap_z: float = 0.0
+    min_caption_share: float = 0.3
+    min_lift: float = 10.0
+    consensus: bool = True
     attribution: str = "grad_x_input"
     ig_steps: int = 16
     top_tokens: int = 2
@@ -121,6 +132,7 @@ class UBTConfig:
     unlearn: ClipTrainConfig = field(default_factory=lambda: _fine_tune_recipe(1e-5, 5))
     negatives: int = 64
     max_loss: float | None = None
+    patience: int = 5
     retain_weight: float = 0.0
     seed: int = 0
 
@@ -146,6 +158,9 @@ class UBTConfig:
         check_range("overfit_reg_weight", self.overfit_reg_weight, 0.0, 1e3)
         check_range("retain_weight", self.retain_weight, 0.0, 1e3)
         check_range("negatives", self.negatives, 0, 1_000_000)
+        check_range("patience", self.patience, 1, 1_000_000)
+        check_range("min_caption_share", self.min_caption_share, 0.0, 1.0)
+        check_range("min_lift", self.min_lift, 0.0, 1e9)
         if self.max_loss is not None and not self.max_loss > 0:
             raise ConfigError(f"max_loss={self.max_loss}: use a positive bound or none")
         self.overfit.validate()
@@ -158,6 +173,7 @@ class UBTReport:
 
     Attributes:
         pool: pair indices of the suspicious pool D_s.
+        candidates: pair indices of the top of the re-ranked pool (D_u before the consensus filter).
         selected: pair indices of the unlearning set D_u (ranked, highest first).
         scores_clean: the pool scorer's cosine of every pair of D.
         scores_before: the poisoned model's cosine of the pool pairs (before overfitting).
@@ -165,14 +181,17 @@ class UBTReport:
         check: the clean-model check (None when switched off).
         refused: True when the check found no backdoor and the model was returned unchanged.
         masked_captions: D_u's captions after the token mask (decoded), in D_u's order.
-        attributions: per D_u caption, ``[(token, score), ...]`` of its word tokens.
+        top_words: each candidate's most attributed word, in ``candidates``' order.
+        attributions: per candidate caption, ``[(token, score), ...]`` of its word tokens.
         num_unlearn_pairs: size of the (sub-sampled) Cartesian set.
         histories: ``overfit`` and ``unlearn`` training histories.
         timings_s: seconds per stage (``score``, ``overfit``, ``select``, ``attribute``, ``unlearn``).
-        detection: pool and unlearning-set precision/recall, when the truth was given (reporting only).
+        detection: pool, candidate and unlearning-set precision/recall, when the truth was given
+            (reporting only).
     """
 
     pool: np.ndarray
+    candidates: np.ndarray
     selected: np.ndarray
     scores_clean: np.ndarray
     scores_before: np.ndarray
@@ -180,6 +199,7 @@ class UBTReport:
     check: CleanCheck | None
     refused: bool
     masked_captions: list[str]
+    top_words: list[str]
     attributions: list[list[tuple[str, float]]]
     num_unlearn_pairs: int
     histories: dict[str, dict[str, list[float]]]
@@ -306,31 +326,38 @@ def defend(
     k = cfg.unlearn_count or max(1, int(np.ceil(cfg.unlearn_fraction * n)))
     k = min(k, len(pool))
     ranked = select_highest(scores_after, count=k)
-    selected = pool[ranked]
+    candidates = pool[ranked]
     timings["select"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    images, tokens = view.batch(selected)
+    images, tokens = view.batch(candidates)
     attributions = token_attributions(poisoned_model, images, tokens, method=cfg.attribution,
                                       ig_steps=cfg.ig_steps, device=device)
-    masked = keep_top_tokens(tokens, attributions, cfg.top_tokens, poisoned_model)
-    masked_text = _decode(poisoned_model, masked)
-    timings["attribute"] = time.perf_counter() - started
+    top_words = _decode(poisoned_model, keep_top_tokens(tokens, attributions, 1, poisoned_model))
     check = None
     if cfg.check:
-        top_word = _decode(poisoned_model, keep_top_tokens(tokens, attributions, 1, poisoned_model))
-        check = clean_check(scores_after, ranked, top_word, min_gap_z=cfg.min_gap_z,
-                            min_caption_share=cfg.min_caption_share)
+        check = clean_check(scores_after, ranked, top_words, corpus_captions=list(pairs.captions),
+                            min_gap_z=cfg.min_gap_z, min_caption_share=cfg.min_caption_share,
+                            min_lift=cfg.min_lift)
+    keep = consensus_filter(top_words) if cfg.consensus else np.arange(len(candidates))
+    selected, images, tokens = candidates[keep], images[torch.as_tensor(keep)], tokens[torch.as_tensor(keep)]
+    masked = keep_top_tokens(tokens, attributions[torch.as_tensor(keep)], cfg.top_tokens, poisoned_model)
+    masked_text = _decode(poisoned_model, masked)
+    timings["attribute"] = time.perf_counter() - started
     refused = check is not None and not check.poisoned
-    report = UBTReport(pool=pool, selected=selected, scores_clean=scores_clean, scores_before=scores_before,
-                       scores_after=scores_after, check=check, refused=refused, masked_captions=masked_text,
-                       attributions=_token_names(poisoned_model, tokens, attributions), num_unlearn_pairs=0,
-                       histories=histories, timings_s=timings)
+    report = UBTReport(pool=pool, candidates=candidates, selected=selected, scores_clean=scores_clean,
+                       scores_before=scores_before, scores_after=scores_after, check=check, refused=refused,
+                       masked_captions=masked_text, top_words=top_words,
+                       attributions=_token_names(poisoned_model, view.tokens[torch.as_tensor(candidates)],
+                                                 attributions),
+                       num_unlearn_pairs=0, histories=histories, timings_s=timings)
     if is_poison is not None:
         truth = np.asarray(is_poison, bool)
-        pool_d, sel_d = detection_scores(pool, truth), detection_scores(selected, truth)
+        pool_d, cand_d, sel_d = (detection_scores(x, truth) for x in (pool, candidates, selected))
         report.detection = {"pool_precision": pool_d["precision"], "pool_recall": pool_d["recall"],
-                            "unlearn_precision": sel_d["precision"], "unlearn_recall": sel_d["recall"]}
+                            "candidate_precision": cand_d["precision"],
+                            "unlearn_precision": sel_d["precision"], "unlearn_recall": sel_d["recall"],
+                            "num_unlearn": sel_d["num_selected"]}
     if refused:
         report.timings_s = {k: round(v, 3) for k, v in timings.items()}
         return UBTResult(poisoned_model, report)
@@ -357,7 +384,8 @@ def defend(
     step_callback = None if callback is None else (lambda step: callback(model, step))
     histories["unlearn"] = unlearn(
         model, images, text_tokens, (a, b), unlearn_cfg, negatives=negatives, max_loss=cfg.max_loss,
-        retain=negatives, retain_weight=cfg.retain_weight, device=device, ckpt_dir=stage("unlearn"),
+        retain=negatives, retain_weight=cfg.retain_weight, patience=cfg.patience, device=device,
+        ckpt_dir=stage("unlearn"),
         progress=progress, callback=step_callback)
     timings["unlearn"] = time.perf_counter() - started
     report.timings_s = {k: round(v, 3) for k, v in timings.items()}

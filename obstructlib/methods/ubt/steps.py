@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -49,8 +50,10 @@ __all__ = [
     "PairTensors",
     "cartesian_pairs",
     "clean_check",
+    "consensus_filter",
     "contrastive_unlearning_loss",
     "keep_top_tokens",
+    "mask_images",
     "overfit",
     "pair_similarities",
     "select_highest",
@@ -58,6 +61,7 @@ __all__ = [
     "token_attributions",
     "train_stage",
     "unlearn",
+    "word_share",
 ]
 
 
@@ -179,6 +183,8 @@ def train_stage(
     progress: bool = False,
     desc: str = "stage",
     callback: Callable[[int], dict[str, float] | None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    freeze_norm_stats: bool = False,
 ) -> dict[str, list[float]]:
     """Minimise ``loss_fn`` for ``steps`` AdamW steps (CLIP's optimiser: decay on weight matrices only).
 
@@ -195,9 +201,16 @@ def train_stage(
         progress: progress bar.
         desc: its label.
         callback: ``callback(step) -> record`` at every logged step; its dict joins the history.
+        should_stop: asked after every step; True ends the stage there (logged, checkpointed, and
+            remembered: a resumed call does not run on).
+        freeze_norm_stats: keep BatchNorm running statistics fixed (the layers stay in eval mode), as
+            the overfitting and the ascents do: a few hundred pairs, all triggered, would otherwise
+            become the statistics every clean image is normalised with (measured on a SIG-poisoned
+            tiny-rn: CA -7 points without, -0.05 with; ViTs have no such statistics).
 
     Returns:
-        History with ``step`` and ``loss`` (mean over each log window) and the callback's keys.
+        History with ``step`` and ``loss`` (mean over each log window) and the callback's keys
+        (``stopped_at``: the step of an early stop).
     """
     if steps < 1:
         raise ConfigError(f"{desc}: {steps} steps; give it at least one step (more data or epochs)")
@@ -207,9 +220,18 @@ def train_stage(
         optimizer, partial(_warmup_cosine, warmup=cfg.warmup_steps, total=steps))
     loop = ResumableLoop(steps, ckpt_dir=ckpt_dir, model=model, optimizer=optimizer, scheduler=scheduler,
                          config=cfg, history={"step": [], "loss": []}, every=cfg.ckpt_every,
-                         progress=progress, desc=desc)
+                         progress=progress, desc=desc, extra=lambda: {"stopped": loop.stopped})
+    if loop.resumed.get("stopped"):
+        loop.stop()
     history = cast("dict[str, list[float]]", loop.history)
-    model.train()
+    def train_mode() -> None:
+        model.train()
+        if freeze_norm_stats:
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+
+    train_mode()
     window: list[float] = []
     params = [p for p in model.parameters() if p.requires_grad]
     for step in loop:
@@ -224,12 +246,16 @@ def train_stage(
         with torch.no_grad():
             bare.logit_scale.clamp_(0.0, math.log(cfg.max_logit_scale))
         window.append(float(loss.detach()))
-        if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
+        stop = should_stop is not None and should_stop()
+        if stop:
+            loop.stop()
+            history.setdefault("stopped_at", []).append(step + 1)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == steps or (stop and window):
             record: dict[str, float] = {"step": step + 1, "loss": float(np.mean(window))}
             if callback is not None:
                 model.eval()
                 record.update(callback(step + 1) or {})
-                model.train()
+                train_mode()
             loop.log(record)
             window = []
     model.eval()
@@ -300,7 +326,7 @@ def overfit(
         return loss
 
     return train_stage(bare, loss_fn, stage_steps(len(pool), cfg), cfg, ckpt_dir=ckpt_dir, progress=progress,
-                       desc="overfit")
+                       desc="overfit", freeze_norm_stats=True)
 
 
 # ---- step 3: the clean-model check -------------------------------------------------------------------
@@ -313,32 +339,55 @@ class CleanCheck:
         gap_z: (mean score of D_u - mean score of the rest of the pool) / std of the rest, under the
             overfitted model: poisons fitted together stand far above the pool.
         spread_ratio: std of D_u's scores / std of the rest of the pool (small: concentrated).
-        caption_share: share of D_u's masked captions equal to the most common one (poisons name one target).
-        poisoned: the decision (``gap_z >= min_gap_z`` and ``caption_share >= min_caption_share``).
+        caption_share: share of D_u's captions whose most attributed word is the most common one
+            (poisons name one target).
+        word: that most common word.
+        lift: ``caption_share`` / the share of all of D's captions containing ``word``: a backdoor's
+            target is rare in D yet dominates D_u; a clean model's D_u is at most a common class.
+        poisoned: the decision (every statistic at or above its threshold).
     """
 
     gap_z: float
     spread_ratio: float
     caption_share: float
+    word: str
+    lift: float
     poisoned: bool
 
 
-def clean_check(pool_scores: np.ndarray, selected: np.ndarray, masked_captions: Sequence[str] | None = None, *,
-                min_gap_z: float = 2.0, min_caption_share: float = 0.5) -> CleanCheck:
-    """Decide from the overfitted model's pool scores whether the model carries a backdoor at all.
+def word_share(captions: Sequence[str], word: str) -> float:
+    """Share of ``captions`` containing ``word`` as a whole word (case-insensitive).
+
+    Example:
+        >>> word_share(["a photo of a banana.", "a cat", "Banana!"], "banana")
+        0.6666666666666666
+    """
+    if not captions or not word.strip():
+        return 0.0
+    pattern = re.compile(rf"(?<![\w]){re.escape(word.strip().lower())}(?![\w])")
+    return sum(bool(pattern.search(c.lower())) for c in captions) / len(captions)
+
+
+def clean_check(pool_scores: np.ndarray, selected: np.ndarray, top_words: Sequence[str] | None = None, *,
+                corpus_captions: Sequence[str] | None = None, min_gap_z: float = 0.0,
+                min_caption_share: float = 0.3, min_lift: float = 10.0) -> CleanCheck:
+    """Decide from the overfitted model's pool scores and D_u's captions whether there is a backdoor.
 
     Args:
         pool_scores: the overfitted model's cosine of every pool pair ``(n_pool,)``.
         selected: positions in the pool of the unlearning set (``select_highest`` of the scores).
-        masked_captions: the selected pairs' captions after the token mask (None: share 1).
+        top_words: each selected caption's most attributed word (None: share 1, lift not used).
+        corpus_captions: all of D's captions, for the lift (None: lift not used).
         min_gap_z: the least gap, in standard deviations of the rest of the pool.
-        min_caption_share: the least share of one masked caption among the selected.
+        min_caption_share: the least share of D_u's captions with the same most attributed word.
+        min_lift: the least lift of that word over its share of D.
 
     Example:
         >>> scores = np.r_[np.full(5, 0.95), np.linspace(0.2, 0.6, 45)]
-        >>> clean_check(scores, np.arange(5), ["truck"] * 5).poisoned
+        >>> corpus = ["a photo of a truck."] * 5 + ["a photo of a cat."] * 95
+        >>> clean_check(scores, np.arange(5), ["truck"] * 5, corpus_captions=corpus, min_gap_z=2).poisoned
         True
-        >>> clean_check(np.linspace(0.2, 0.6, 50), np.arange(45, 50), list("abcde")).poisoned
+        >>> clean_check(np.linspace(0.2, 0.6, 50), np.arange(45, 50), list("abcde"), min_gap_z=2).poisoned
         False
     """
     scores = np.asarray(pool_scores, dtype=np.float64)
@@ -348,12 +397,35 @@ def clean_check(pool_scores: np.ndarray, selected: np.ndarray, masked_captions: 
     spread = float(rest.std()) if len(rest) > 1 else 0.0
     gap_z = float((top.mean() - rest.mean()) / max(spread, 1e-8)) if len(rest) else 0.0
     ratio = float(top.std() / max(spread, 1e-8)) if len(top) > 1 else 0.0
-    if masked_captions:
-        _, counts = np.unique(np.asarray(list(masked_captions), dtype=object).astype(str), return_counts=True)
-        share = float(counts.max() / len(masked_captions))
-    else:
-        share = 1.0
-    return CleanCheck(gap_z, ratio, share, bool(gap_z >= min_gap_z and share >= min_caption_share))
+    word, share, lift = "", 1.0, float("inf")
+    if top_words:
+        values, counts = np.unique(np.asarray(list(top_words), dtype=object).astype(str), return_counts=True)
+        word, share = str(values[counts.argmax()]), float(counts.max() / len(top_words))
+        if corpus_captions:
+            base = max(word_share(corpus_captions, word), 1.0 / len(corpus_captions))
+            lift = share / base
+    poisoned = gap_z >= min_gap_z and share >= min_caption_share and lift >= min_lift
+    return CleanCheck(gap_z, ratio, share, word, float(lift), bool(poisoned))
+
+
+def consensus_filter(top_words: Sequence[str], min_keep: int = 2) -> np.ndarray:
+    """Positions of the captions whose most attributed word is the most common one (``[design]``).
+
+    The backdoor maps its trigger to one target, so the poisons of D_u share their most attributed
+    word; the clean pairs that the overfitted model also ranks high do not, and would be unlearned
+    with them (their class is what the ascent then forgets). Returns all positions when fewer than
+    ``min_keep`` agree.
+
+    Example:
+        >>> consensus_filter(["banana", "frog", "banana", "ship", "banana"]).tolist()
+        [0, 2, 4]
+    """
+    words = np.asarray(list(top_words), dtype=object).astype(str)
+    if len(words) == 0:
+        return np.arange(0)
+    values, counts = np.unique(words, return_counts=True)
+    keep = np.flatnonzero(words == values[counts.argmax()])
+    return keep if len(keep) >= min_keep else np.arange(len(words))
 
 
 # ---- step 4: token attribution, masks, the Cartesian set ---------------------------------------------
@@ -508,6 +580,7 @@ def unlearn(
     max_loss: float | None = None,
     retain: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]] | None = None,
     retain_weight: float = 0.0,
+    patience: int = 5,
     device: torch.device | str | None = None,
     ckpt_dir: str | os.PathLike | None = None,
     progress: bool = False,
@@ -531,6 +604,9 @@ def unlearn(
         max_loss: the bound above which a pair's loss is no longer ascended (None: no bound).
         retain: ``retain(generator) -> (images, tokens)`` of clean pairs for the retain term.
         retain_weight: weight of the retain term.
+        patience: with ``max_loss``, stop once every pair of ``patience`` consecutive batches is
+            above the bound (nothing is left to ascend; the steps after it would only move the
+            model through the retain term and the decay).
         device: where to compute.
         ckpt_dir: resumable checkpoints.
         progress: progress bar.
@@ -540,6 +616,7 @@ def unlearn(
     bare = cast(Any, model).to(device)
     a_idx, b_idx = (np.asarray(p, dtype=np.int64) for p in pairs)
     order = np.arange(len(a_idx))
+    saturated = [0]  # consecutive batches with every pair above the bound
 
     def loss_fn(generator: torch.Generator) -> torch.Tensor:
         pick = _draw(order, cfg.batch_size, generator)
@@ -552,17 +629,22 @@ def unlearn(
         if max_loss is None:
             loss = -contrastive_unlearning_loss(u, v, scale, neg_u, neg_v)
         elif neg_u is not None:  # per-pair losses, each ascended only while below the bound
-            loss = -contrastive_unlearning_loss(u, v, scale, neg_u, neg_v, reduction="none").clamp(max=max_loss).mean()
+            rows = contrastive_unlearning_loss(u, v, scale, neg_u, neg_v, reduction="none")
+            saturated[0] = saturated[0] + 1 if bool((rows.detach() >= max_loss).all()) else 0
+            loss = -rows.clamp(max=max_loss).mean()
         else:
-            loss = -contrastive_unlearning_loss(u, v, scale).clamp(max=max_loss)
+            plain = contrastive_unlearning_loss(u, v, scale)
+            saturated[0] = saturated[0] + 1 if float(plain.detach()) >= max_loss else 0
+            loss = -plain.clamp(max=max_loss)
         if retain is not None and retain_weight > 0:
             r_images, r_tokens = retain(generator)
             ru, rv, rscale = _features(bare, r_images, r_tokens, device, cfg.amp)
             loss = loss + retain_weight * _info_nce(ru, rv, rscale)
         return loss
 
+    stop = None if max_loss is None else (lambda: saturated[0] >= patience)
     return train_stage(bare, loss_fn, stage_steps(len(a_idx), cfg), cfg, ckpt_dir=ckpt_dir, progress=progress,
-                       desc="unlearn", callback=callback)
+                       desc="unlearn", callback=callback, should_stop=stop, freeze_norm_stats=True)
 
 
 def mask_images(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor, *, keep: float = 0.1,
