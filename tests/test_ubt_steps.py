@@ -204,3 +204,16 @@ def test_per_pair_unlearning_losses_match_one_pair_at_a_time():
     assert torch.isclose(rows.mean(), contrastive_unlearning_loss(u, v, torch.tensor(30.0), neg, neg))
     with pytest.raises(ConfigError):
         contrastive_unlearning_loss(u, v, torch.tensor(30.0), reduction="none")
+
+
+def test_pool_recall_table_covers_every_scorer_and_direction(clip, pairs):
+    from obstructlib.methods.ubt.method import pool_recall_table
+
+    truth = np.zeros(len(pairs), bool)
+    truth[:4] = True
+    table = pool_recall_table(pairs, truth, {"clean": clip, "poisoned": clip}, fraction=0.25)
+    assert set(table) == {"clean-lowest", "clean-highest", "poisoned-lowest", "poisoned-highest"}
+    scores = pair_similarities(clip, pairs)
+    low = detection_scores(select_lowest(scores, fraction=0.25), truth)
+    assert table["clean-lowest"] == {"precision": low["precision"], "recall": low["recall"]}
+    assert table["clean-lowest"] == table["poisoned-lowest"]  # same model, same pool

@@ -45,7 +45,7 @@ from obstructlib.methods.ubt.baselines import (
     roclip,
 )
 from obstructlib.methods.ubt.evaluate import evaluate
-from obstructlib.methods.ubt.method import UBTConfig, defend, detection_scores
+from obstructlib.methods.ubt.method import UBTConfig, defend, detection_scores, pool_recall_table
 from obstructlib.methods.ubt.steps import PairSubset, PairTensors, cartesian_pairs, unlearn
 from obstructlib.models import create_clip
 from obstructlib.primitives.image_triggers import PatchTrigger
@@ -158,13 +158,15 @@ def _recipe(lr: float, *, steps: int | None = None, epochs: int | None = None, b
 def _quick(cls: type, profile: Profile) -> UBTRunConfig:
     victim_lr = 5e-4  # the paper poisons at 1e-6; its overfit lr = 1x, unlearn lr = 10x, CleanCLIP 10x of it
     rate = 0.05  # SIG at 5% reaches 98% ASR in 600 steps (3%: not measured; BadNet and Blended need more)
-    # measured on CIFAR-10 (SIG, 5%, one seed): the tiny pretrained CLIP never saw the target word, so
-    # the paper's clean-CLIP lowest-similarity pool holds 1% of the poisons; the poisoned model's
-    # best-fitted pairs hold 98%. The ascent at the victim's lr (the paper's 10x is 5e-3) collapses
-    # CA (-17 points); at a tenth of it with the retain term CA stays within 0.1 point, ASR 0%.
+    # chosen on CIFAR-10, SIG 5%, attack seed 0 (validated on other seeds in the issue's note): the tiny
+    # pretrained CLIP never saw the target word, so the paper's clean-CLIP lowest-similarity pool
+    # holds 1% of the poisons, the poisoned model's best-fitted pairs 24-98%; the ascent at the
+    # victim's lr (the paper's 10x is 5e-3) collapses CA; at a tenth of it, bounded at a per-pair
+    # loss of 8 with the retain term at weight 2, CA -1.0 and ASR 0% (retain 0: CA -35; 1: -3; the
+    # unbounded ascent: -14). The clean check's lift: 9-15 on two poisoned models, 1.8-5.8 on two clean.
     ubt = UBTConfig(pool_fraction=3 * rate, unlearn_fraction=rate / 3, pool_scorer="poisoned", pool_direction="highest",
                     overfit=_recipe(victim_lr, epochs=5), unlearn=_recipe(victim_lr / 10, epochs=5), max_pairs=4096,
-                    retain_weight=1.0)
+                    max_loss=8.0, retain_weight=2.0, min_lift=7.0)
     return cls(
         dataset="folder:cifar10-jpeg" if profile.image_dataset == "cifar10" else profile.image_dataset,
         pretrain=_recipe(1e-3, steps=600, batch=128, warmup=50, wd=0.2, log_every=50),
@@ -330,7 +332,7 @@ def _ubt_with(inputs: DefenseInputs, name: str, **changes: Any) -> tuple[Any, di
 
 @DEFENSES.register("ubt")
 def _d_ubt(inputs: DefenseInputs) -> tuple[Any, dict[str, Any]]:
-    """UBT: clean-CLIP pool, overfitting, re-ranking, clean check, token-masked Cartesian ascent (arXiv 2409.19526)."""
+    """UBT: suspicious pool, overfitting, re-ranking, clean check, token-masked Cartesian ascent (arXiv 2409.19526)."""
     return _ubt_with(inputs, "ubt")
 
 
@@ -474,7 +476,11 @@ def run(cfg: UBTRunConfig, ctx: RunContext) -> dict[str, Any]:
     first = metrics["defenses"][cfg.defenses()[0]]
     metrics["defended"] = {k: first[k] for k in ("ca", "asr", "kl") if k in first}
     ubt_row = metrics["defenses"].get("ubt", {})
-    metrics["detection"] = ubt_row.get("detection", {})
+    metrics["detection"] = dict(ubt_row.get("detection", {}))
+    if ubt_row and cfg.attack.attack != "none":  # the pool for every scorer x direction (an evaluation, untimed)
+        fraction = cfg.ubt.pool_count / len(train) if cfg.ubt.pool_count else cfg.ubt.pool_fraction
+        metrics["detection"]["pool_by_choice"] = pool_recall_table(
+            poisoned_set, is_poison, {"clean": clean, "poisoned": victim}, fraction=fraction, device=ctx.device)
     metrics["ubt_refused"] = ubt_row.get("refused")
     if "ubt" in cfg.defenses() and cfg.attack.attack != "none":  # the clean-model check on the reference
         with ctx.timer("clean_check_on_reference"):

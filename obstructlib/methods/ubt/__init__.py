@@ -38,7 +38,14 @@ from obstructlib.methods.ubt.baselines import (
     roclip,
 )
 from obstructlib.methods.ubt.evaluate import evaluate
-from obstructlib.methods.ubt.method import UBTConfig, UBTReport, UBTResult, defend, detection_scores
+from obstructlib.methods.ubt.method import (
+    UBTConfig,
+    UBTReport,
+    UBTResult,
+    defend,
+    detection_scores,
+    pool_recall_table,
+)
 from obstructlib.methods.ubt.steps import (
     CleanCheck,
     PairSubset,
@@ -68,6 +75,6 @@ __all__ = [
     "Report", "Result", "RoCLIPConfig", "UBTConfig", "UBTReport", "UBTResult", "abl", "build_trigger",
     "cartesian_pairs", "class_names", "clean_check", "cleanclip", "consensus_filter", "contrastive_unlearning_loss",
     "defend", "detection_scores", "eda", "evaluate", "finetune_clean", "keep_top_tokens", "mask_images", "overfit",
-    "pair_similarities", "poison_pairs", "roclip", "select_highest", "select_lowest", "target_prompt",
-    "token_attributions", "train_stage", "triggered_copy", "unlearn", "word_share",
+    "pair_similarities", "poison_pairs", "pool_recall_table", "roclip", "select_highest", "select_lowest",
+    "target_prompt", "token_attributions", "train_stage", "triggered_copy", "unlearn", "word_share",
 ]

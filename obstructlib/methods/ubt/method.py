@@ -52,7 +52,7 @@ from obstructlib.methods.ubt.steps import (
     unlearn,
 )
 
-__all__ = ["UBTConfig", "UBTReport", "UBTResult", "defend", "detection_scores"]
+__all__ = ["UBTConfig", "UBTReport", "UBTResult", "defend", "detection_scores", "pool_recall_table"]
 
 VARIANTS = ("text", "ga", "image", "image+text")
 
@@ -231,6 +231,28 @@ def detection_scores(selected: np.ndarray, is_poison: np.ndarray) -> dict[str, f
     hits = int(truth[np.asarray(selected, dtype=np.int64)].sum())
     return {"precision": hits / max(len(selected), 1), "recall": hits / max(int(truth.sum()), 1),
             "num_selected": int(len(selected)), "num_poisons": int(truth.sum())}
+
+
+def pool_recall_table(pairs: Any, is_poison: np.ndarray, models: dict[str, Any], *, fraction: float,
+                      device: torch.device | str | None = None) -> dict[str, dict[str, float]]:
+    """Pool precision and recall for every scoring model x direction (an evaluation: it reads the truth).
+
+    Args:
+        pairs: the fine-tuning set D.
+        is_poison: the true poison mask.
+        models: e.g. ``{"clean": pretrained, "poisoned": victim}``.
+        fraction: the pool's size as a fraction of D.
+
+    Returns:
+        ``{"clean-lowest": {"precision": ..., "recall": ...}, "clean-highest": ..., ...}``.
+    """
+    out = {}
+    for name, model in models.items():
+        scores = pair_similarities(model, pairs, device)
+        for direction, select in (("lowest", select_lowest), ("highest", select_highest)):
+            d = detection_scores(select(scores, fraction=fraction), is_poison)
+            out[f"{name}-{direction}"] = {"precision": d["precision"], "recall": d["recall"]}
+    return out
 
 
 def _decode(model: Any, tokens: torch.Tensor) -> list[str]:
