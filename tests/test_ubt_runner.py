@@ -78,3 +78,19 @@ def test_attacker_victim_and_defender_streams_are_independent():
         assert set(seeds.values()) <= used | defenders, seeds
     other = RUNNERS["ubt"].resolve(ob.config_for("ubt", "quick"), 1)
     assert other.attack.seed != cfg.attack.seed  # another seed is another, independent attacker
+
+
+def test_quick_recipe_follows_the_dataset_and_keeps_what_the_user_set():
+    import obstructlib as ob
+    from obstructlib.experiments import RUNNERS, load_runners
+
+    load_runners()
+    resolve = RUNNERS["ubt"].resolve
+    embedded = resolve(ob.config_for("ubt", "quick"), 0)
+    assert embedded.recipe == "quick-embedded" and embedded.dataset == "synthetic" and embedded.train_samples == 800
+    real = resolve(ob.config_for("ubt", "quick", ["dataset=folder:/data/cifar10-jpeg", "victim.steps=1234",
+                                                  "attack.poison_rate=0.1"]), 0)
+    assert real.recipe == "quick-real" and real.dataset == "folder:/data/cifar10-jpeg"
+    assert real.train_samples == 5000 and real.victim.lr == 5e-4  # the real-data row
+    assert real.victim.steps == 1234 and real.attack.poison_rate == 0.1  # what the user set wins
+    assert real.victim.seed == 1 and real.attack.seed == 0  # the streams are still resolved

@@ -75,6 +75,10 @@ class UBTRunConfig:
         captions_per_image: templated captions per image (classification data only).
         defense: comma-separated defences, or ``all``.
         min_asr: the least poisoned ASR (percent) for a defence to be evaluated (the issue's 90%).
+        recipe: the profile row the defaults came from (``quick-embedded``, ``quick-real``; empty for
+            colab and paper). The quick row follows the dataset: with ``quick-embedded`` and any other
+            ``--dataset``, :func:`resolve` rebuilds the defaults from ``quick-real`` and keeps every
+            value that a flag or ``--set`` changed (results.json records the resolved config).
         pretrain: the offline pretraining recipe.
         victim: the victim's fine-tuning recipe (also the reference's and RoCLIP's).
         attack: the attacker's settings (target, rate, trigger parameters).
@@ -97,6 +101,7 @@ class UBTRunConfig:
     captions_per_image: int = 1
     defense: str = "ubt"
     min_asr: float = 90.0
+    recipe: str = ""
     pretrain: ClipTrainConfig = field(default_factory=ClipTrainConfig)
     victim: ClipTrainConfig = field(default_factory=ClipTrainConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
@@ -142,6 +147,8 @@ class UBTRunConfig:
           steps at lr 5e-4. The paper's learning rates are for a pretrained ViT-B/32 poisoned at
           1e-6 (overfit 1e-6, unlearn 1e-5): every lr keeps the paper's ratio to the victim's lr.
           Pool and unlearning set keep the paper's ratio to the poisons (pool about 3x, D_u about 1/3).
+          On the embedded ``synthetic`` set (2,000 images): 1,000 / 800 / 200 / 500 images, SIG by
+          default, shorter recipes (:func:`_quick_embedded`).
         - colab (one GPU): ViT-B-32 ``openai`` fine-tuned on the profile's set at 224 px with the
           paper's learning rates.
         - paper: the paper's settings (500K pairs, 1,500 poisons, lr 1e-6 for 3 epochs, batch 128).
@@ -155,7 +162,46 @@ def _recipe(lr: float, *, steps: int | None = None, epochs: int | None = None, b
                            warmup_steps=warmup, betas=(0.9, 0.999), eps=1e-8, log_every=log_every, ckpt_every=200)
 
 
+def _quick_embedded(cls: type) -> UBTRunConfig:
+    """quick on the embedded 2,000-image shapes set (CI, no downloads): splits that fit in it.
+
+    Measured on ``synthetic`` (SIG 5%, seed 0, one thread): CIFAR-10's recipe cannot be scaled down
+    as it is. A pretraining that generalises (lr 3e-3: zero-shot 41%) leaves a victim that learns the
+    shapes instead of the trigger (ASR 76% after 400 steps; the striped backgrounds of the set hide
+    SIG's stripes), so the public CLIP here is pretrained at lr 1e-3 (zero-shot 28%) and the victim
+    fine-tunes 300 steps of batch 32 at lr 2e-3: CA 44.8%, ASR 91.2% (the reference 44.8%, 11.2%).
+    UBT keeps CIFAR-10's settings but two: the overfitting at a quarter of the victim's lr (at the
+    victim's lr the pool's ellipses overtake the poisons: D_u precision 0.14) and integrated
+    gradients, which name the target in 14/14 of D_u's captions (gradient x input: 7/14, so the
+    clean check sat on its threshold); UBT: CA 43.8%, ASR 0.0% (seed 1: 45.2/97.8 -> 43.0/0.0).
+    The check's lift threshold is 12, not 7: one caption per image, a class word fills 10% of D, so a
+    clean D_u made of one class reaches lift 10 (the references measured 5.0 and 7.9, the second a
+    false alarm at 7), while the target at a 5% rate reaches 20 (both seeds).
+    """
+    victim_lr, rate = 2e-3, 0.05
+    victim = _recipe(victim_lr, steps=300, batch=32, warmup=20, wd=0.2, log_every=50)
+    ubt = UBTConfig(pool_fraction=3 * rate, unlearn_fraction=rate / 3, pool_scorer="poisoned", pool_direction="highest",
+                    overfit=_recipe(victim_lr / 4, epochs=5), attribution="integrated_gradients",
+                    unlearn=_recipe(victim_lr / 10, epochs=5), max_pairs=4096, max_loss=8.0, retain_weight=2.0,
+                    min_lift=12.0)
+    return cls(
+        dataset="synthetic", recipe="quick-embedded",
+        pretrain_samples=1_000, train_samples=800, heldout_samples=200, test_samples=500,
+        pretrain=_recipe(1e-3, steps=300, batch=64, warmup=30, wd=0.2, log_every=50), victim=victim,
+        attack=AttackConfig(attack="sig", poison_rate=rate), ubt=ubt,
+        ft=_recipe(victim_lr, epochs=10), cleanclip=CleanCLIPConfig(train=_recipe(victim_lr, epochs=10)),
+        roclip=RoCLIPConfig(train=copy.deepcopy(victim)),
+        abl=ABLConfig(isolate_fraction=0.01, train=_recipe(victim_lr / 10, epochs=10)))
+
+
 def _quick(cls: type, profile: Profile) -> UBTRunConfig:
+    if profile.image_dataset == "synthetic":  # the embedded set; a real --dataset gets _quick_real (resolve)
+        return _quick_embedded(cls)
+    return _quick_real(cls, profile.image_dataset)
+
+
+def _quick_real(cls: type, dataset: str) -> UBTRunConfig:
+    """quick on a real classification set of at least 16,000 training images (CIFAR-10's JPEG copy)."""
     victim_lr = 5e-4  # the paper poisons at 1e-6; its overfit lr = 1x, unlearn lr = 10x, CleanCLIP 10x of it
     rate = 0.05  # SIG at 5% reaches 98% ASR in 600 steps (3%: not measured; BadNet and Blended need more)
     # chosen on CIFAR-10, SIG 5%, attack seed 0 (validated on other seeds in the issue's note): the tiny
@@ -168,10 +214,10 @@ def _quick(cls: type, profile: Profile) -> UBTRunConfig:
                     overfit=_recipe(victim_lr, epochs=5), unlearn=_recipe(victim_lr / 10, epochs=5), max_pairs=4096,
                     max_loss=8.0, retain_weight=2.0, min_lift=7.0)
     return cls(
-        dataset="folder:cifar10-jpeg" if profile.image_dataset == "cifar10" else profile.image_dataset,
+        dataset="folder:cifar10-jpeg" if dataset == "cifar10" else dataset, recipe="quick-real",
         pretrain=_recipe(1e-3, steps=600, batch=128, warmup=50, wd=0.2, log_every=50),
         victim=_recipe(victim_lr, steps=600, batch=128, warmup=20, wd=0.2, log_every=50),
-        attack=AttackConfig(poison_rate=rate), ubt=ubt,
+        attack=AttackConfig(attack="sig", poison_rate=rate), ubt=ubt,
         ft=_recipe(victim_lr, epochs=10), cleanclip=CleanCLIPConfig(train=_recipe(victim_lr, epochs=10)),
         roclip=RoCLIPConfig(train=_recipe(victim_lr, steps=600, batch=128, warmup=20, wd=0.2, log_every=50)),
         abl=ABLConfig(isolate_fraction=0.01, train=_recipe(victim_lr / 10, epochs=10)))
@@ -200,6 +246,15 @@ def _paper(cls: type, profile: Profile) -> UBTRunConfig:
 _PROFILE_TABLE = {"quick": _quick, "colab": _colab, "paper": _paper}
 
 
+def _rebase(cfg: Any, old: Any, new: Any) -> Any:
+    """``new`` with every value where ``cfg`` differs from ``old`` (what the user set) taken from ``cfg``."""
+    if not dataclasses.is_dataclass(cfg):
+        return cfg if cfg != old else copy.deepcopy(new)
+    changes = {f.name: _rebase(getattr(cfg, f.name), getattr(old, f.name), getattr(new, f.name))
+               for f in dataclasses.fields(cfg)}
+    return dataclasses.replace(cast(Any, new), **changes)
+
+
 #: offsets of the independent streams from ``--seed`` (every stage of a defence derives its own
 #: stream from the defender's: UBT's overfit uses it, its ascent it + 1).
 ATTACKER, VICTIM, DEFENDER, PRETRAIN = 0, 1, 10, 20
@@ -214,6 +269,8 @@ def resolve(cfg: UBTRunConfig, seed: int) -> UBTRunConfig:
     ``seed + 20``. No defence shares the attacker's or the victim's stream.
     """
     cfg = copy.deepcopy(cfg)
+    if cfg.recipe == "quick-embedded" and cfg.dataset != "synthetic":  # a real dataset: its own quick row
+        cfg = _rebase(cfg, _quick_embedded(UBTRunConfig), _quick_real(UBTRunConfig, cfg.dataset))
     cfg.attack.seed = cfg.attack.ssba.seed = seed + ATTACKER
     cfg.victim.seed = seed + VICTIM
     cfg.pretrain.seed = seed + PRETRAIN
