@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -80,6 +81,15 @@ def test_clean_check_refuses_a_spread_selection_and_accepts_a_concentrated_one()
     # one common class dominating D_u is no backdoor: its word is common in D (lift 1 / 0.4 = 2.5)
     common = clean_check(poisoned, np.arange(5), ["cat"] * 5, corpus_captions=corpus)
     assert common.caption_share == 1.0 and common.lift == pytest.approx(2.5) and not common.poisoned
+
+
+def test_clean_check_lift_from_a_given_base_share():
+    # a sub-word top token (e.g. "elli" of "ellipse") has no whole-word match in D: its share comes
+    # from token ids instead, so the lift stays that of the word it belongs to
+    scores = np.linspace(0.2, 0.6, 50)
+    check = clean_check(scores, np.arange(45, 50), ["elli"] * 4 + ["cat"], corpus_captions=["an ellipse."] * 50,
+                        base_share=0.4)
+    assert check.word == "elli" and check.lift == pytest.approx(0.8 / 0.4) and not check.poisoned
 
 
 def test_word_share_matches_whole_words_only():
@@ -217,3 +227,24 @@ def test_pool_recall_table_covers_every_scorer_and_direction(clip, pairs):
     low = detection_scores(select_lowest(scores, fraction=0.25), truth)
     assert table["clean-lowest"] == {"precision": low["precision"], "recall": low["recall"]}
     assert table["clean-lowest"] == table["poisoned-lowest"]  # same model, same pool
+
+
+def test_defend_never_reads_the_truth_and_reports_every_stage(clip, pairs, one_thread):
+    from obstructlib.methods.ubt.method import UBTConfig, defend
+
+    recipe = ClipTrainConfig(steps=2, batch_size=8, lr=1e-3, warmup_steps=0, log_every=1)
+    cfg = UBTConfig(pool_count=8, unlearn_count=4, pool_scorer="poisoned", pool_direction="highest", check=False,
+                    overfit=recipe, unlearn=recipe, negatives=4, retain_weight=1.0)
+    truth = np.zeros(len(pairs), bool)
+    truth[:5] = True
+    told = defend(clip, pairs, cfg, is_poison=truth)
+    blind = defend(clip, pairs, cfg)
+    for p, q in zip(told.model.parameters(), blind.model.parameters()):
+        assert torch.equal(p, q)  # the truth only fills the report
+    r = told.report
+    assert blind.report.detection == {} and set(r.detection) >= {"pool_recall", "pool_precision", "unlearn_precision"}
+    assert len(r.pool) == 8 and len(r.candidates) == 4 and set(r.selected) <= set(r.candidates) <= set(r.pool)
+    assert set(r.timings_s) == {"score", "overfit", "select", "attribute", "unlearn"} and not r.refused
+    assert any(not torch.equal(p, q) for p, q in zip(told.model.parameters(), clip.parameters()))
+    checked = defend(clip, pairs, dataclasses.replace(cfg, check=True, min_lift=1e9))
+    assert checked.report.refused and checked.model is clip  # refused: the model comes back unchanged

@@ -204,9 +204,11 @@ def _quick_real(cls: type, dataset: str) -> UBTRunConfig:
     """quick on a real classification set of at least 16,000 training images (CIFAR-10's JPEG copy)."""
     victim_lr = 5e-4  # the paper poisons at 1e-6; its overfit lr = 1x, unlearn lr = 10x, CleanCLIP 10x of it
     rate = 0.05  # SIG at 5% reaches 98% ASR in 600 steps (3%: not measured; BadNet and Blended need more)
-    # chosen on CIFAR-10, SIG 5%, attack seed 0 (validated on other seeds in the issue's note): the tiny
-    # pretrained CLIP never saw the target word, so the paper's clean-CLIP lowest-similarity pool
-    # holds 1% of the poisons, the poisoned model's best-fitted pairs 24-98%; the ascent at the
+    # chosen on CIFAR-10, SIG 5%, attack seed 0 (validated on other seeds in the issue's note). The pool:
+    # on a first pretrained model (zero-shot CA 41%) the paper's clean-CLIP lowest-similarity pool held
+    # 1% of the poisons and the poisoned model's best-fitted pairs 98%; on the runner's (CA 53%, seeds
+    # 0 and 1) 50/48% against 24/28%, with the same UBT outcome either way (ASR <= 0.1%; CA -1.8/-3.0
+    # with the paper's pool, -1.0/-2.1 with this one, which stays the default until more seeds); the ascent at the
     # victim's lr (the paper's 10x is 5e-3) collapses CA; at a tenth of it, bounded at a per-pair
     # loss of 8 with the retain term at weight 2, CA -1.0 and ASR 0% (retain 0: CA -35; 1: -3; the
     # unbounded ascent: -14). The clean check's lift: 9-15 on two poisoned models, 1.8-5.8 on two clean.

@@ -41,7 +41,6 @@ from obstructlib.methods.ubt.steps import (
     _draw,
     cartesian_pairs,
     clean_check,
-    consensus_filter,
     keep_top_tokens,
     mask_images,
     overfit,
@@ -355,13 +354,21 @@ def defend(
     images, tokens = view.batch(candidates)
     attributions = token_attributions(poisoned_model, images, tokens, method=cfg.attribution,
                                       ig_steps=cfg.ig_steps, device=device)
-    top_words = _decode(poisoned_model, keep_top_tokens(tokens, attributions, 1, poisoned_model))
+    top_one = keep_top_tokens(tokens, attributions, 1, poisoned_model)
+    top_ids = top_one[:, 0 if poisoned_model.sot_token_id is None else 1]  # each caption's most attributed token
+    top_words = _decode(poisoned_model, top_one)
+    ids, counts = torch.unique(top_ids, return_counts=True)
+    consensus_id = ids[counts.argmax()]  # D_u's most common most-attributed token
+    agree = (top_ids == consensus_id).nonzero().flatten().numpy()
     check = None
     if cfg.check:
-        check = clean_check(scores_after, ranked, top_words, corpus_captions=list(pairs.captions),
+        # the token's share of D's captions, counted on token ids (sub-word pieces included)
+        base = max(float((view.tokens == consensus_id).any(dim=1).float().mean()), 1.0 / n)
+        check = clean_check(scores_after, ranked, [str(int(t)) for t in top_ids], base_share=base,
                             min_gap_z=cfg.min_gap_z, min_caption_share=cfg.min_caption_share,
                             min_lift=cfg.min_lift)
-    keep = consensus_filter(top_words) if cfg.consensus else np.arange(len(candidates))
+        check.word = top_words[int(agree[0])]
+    keep = agree if cfg.consensus and len(agree) >= 2 else np.arange(len(candidates))
     selected, images, tokens = candidates[keep], images[torch.as_tensor(keep)], tokens[torch.as_tensor(keep)]
     masked = keep_top_tokens(tokens, attributions[torch.as_tensor(keep)], cfg.top_tokens, poisoned_model)
     masked_text = _decode(poisoned_model, masked)

@@ -369,7 +369,8 @@ def word_share(captions: Sequence[str], word: str) -> float:
 
 
 def clean_check(pool_scores: np.ndarray, selected: np.ndarray, top_words: Sequence[str] | None = None, *,
-                corpus_captions: Sequence[str] | None = None, min_gap_z: float = 0.0,
+                corpus_captions: Sequence[str] | None = None, base_share: float | None = None,
+                min_gap_z: float = 0.0,
                 min_caption_share: float = 0.3, min_lift: float = 10.0) -> CleanCheck:
     """Decide from the overfitted model's pool scores and D_u's captions whether there is a backdoor.
 
@@ -378,6 +379,9 @@ def clean_check(pool_scores: np.ndarray, selected: np.ndarray, top_words: Sequen
         selected: positions in the pool of the unlearning set (``select_highest`` of the scores).
         top_words: each selected caption's most attributed word (None: share 1, lift not used).
         corpus_captions: all of D's captions, for the lift (None: lift not used).
+        base_share: the word's share of D given directly (e.g. counted on token ids, which also
+            works for sub-word tokens that whole-word matching cannot find); overrides
+            ``corpus_captions``.
         min_gap_z: the least gap, in standard deviations of the rest of the pool.
         min_caption_share: the least share of D_u's captions with the same most attributed word.
         min_lift: the least lift of that word over its share of D.
@@ -401,7 +405,9 @@ def clean_check(pool_scores: np.ndarray, selected: np.ndarray, top_words: Sequen
     if top_words:
         values, counts = np.unique(np.asarray(list(top_words), dtype=object).astype(str), return_counts=True)
         word, share = str(values[counts.argmax()]), float(counts.max() / len(top_words))
-        if corpus_captions:
+        if base_share is not None:
+            lift = share / max(base_share, 1e-12)
+        elif corpus_captions:
             base = max(word_share(corpus_captions, word), 1.0 / len(corpus_captions))
             lift = share / base
     poisoned = gap_z >= min_gap_z and share >= min_caption_share and lift >= min_lift
