@@ -82,15 +82,30 @@ def test_attacker_victim_and_defender_streams_are_independent():
 
 def test_quick_recipe_follows_the_dataset_and_keeps_what_the_user_set():
     import obstructlib as ob
+
+    embedded = ob.config_for("ubt", "quick")
+    assert embedded.recipe == "quick-embedded" and embedded.dataset == "synthetic" and embedded.train_samples == 800
+    assert embedded.ubt.pool_scorer == "poisoned"
+    real = ob.config_for("ubt", "quick", ["dataset=folder:/data/cifar10-jpeg", "victim.steps=1234",
+                                          "attack.poison_rate=0.1", "ubt.pool_scorer=poisoned"])
+    assert real.recipe == "quick-real" and real.dataset == "folder:/data/cifar10-jpeg"
+    assert real.train_samples == 5000 and real.victim.lr == 5e-4 and real.ubt.pool_direction == "lowest"
+    # what the user set wins, even where it equals the embedded row's default (pool_scorer)
+    assert real.victim.steps == 1234 and real.attack.poison_rate == 0.1 and real.ubt.pool_scorer == "poisoned"
+    assert ob.config_for("ubt", "quick", ["dataset=folder:/d"]).ubt.pool_scorer == "clean"
+
+
+def test_the_cli_path_adapts_too(tmp_path, monkeypatch):
+    import dataclasses
+
     from obstructlib.experiments import RUNNERS, load_runners
 
     load_runners()
-    resolve = RUNNERS["ubt"].resolve
-    embedded = resolve(ob.config_for("ubt", "quick"), 0)
-    assert embedded.recipe == "quick-embedded" and embedded.dataset == "synthetic" and embedded.train_samples == 800
-    real = resolve(ob.config_for("ubt", "quick", ["dataset=folder:/data/cifar10-jpeg", "victim.steps=1234",
-                                                  "attack.poison_rate=0.1"]), 0)
-    assert real.recipe == "quick-real" and real.dataset == "folder:/data/cifar10-jpeg"
-    assert real.train_samples == 5000 and real.victim.lr == 5e-4  # the real-data row
-    assert real.victim.steps == 1234 and real.attack.poison_rate == 0.1  # what the user set wins
-    assert real.victim.seed == 1 and real.attack.seed == 0  # the streams are still resolved
+    seen = {}
+    monkeypatch.setitem(RUNNERS, "ubt", dataclasses.replace(RUNNERS["ubt"], run=lambda cfg, ctx: seen.update(cfg=cfg)
+                                                            or {}))
+    execute("ubt", profile="quick", overrides=["victim.steps=7"], seed=3, device="cpu", data_root=tmp_path,
+            out=tmp_path / "r", progress=False, restart=False, argv=None,
+            flags={"dataset": "folder:/data/cifar10-jpeg", "attack.attack": "sig"})
+    cfg = seen["cfg"]
+    assert cfg.recipe == "quick-real" and cfg.victim.steps == 7 and cfg.victim.seed == 4 and cfg.attack.attack == "sig"

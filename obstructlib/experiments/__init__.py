@@ -39,6 +39,9 @@ class Runner:
             protections), listed by ``obstruct NAME --FIELD help`` and read by the scorecard.
         resolve: ``resolve(cfg, seed) -> cfg``, the config as it runs (the run's seed written into
             the sub-configs that take it); what ``results.json`` records.
+        adapt: ``adapt(cfg, profile, explicit) -> cfg`` after the flags and ``--set`` values are
+            applied: defaults that follow another value (e.g. a profile row per dataset), keeping
+            every dotted key in ``explicit`` (what the user set) as it is.
     """
 
     name: str
@@ -48,6 +51,13 @@ class Runner:
     flags: tuple[Flag, ...] = field(default_factory=tuple)
     registries: dict[str, Any] = field(default_factory=dict)
     resolve: Callable[[Any, int], Any] | None = None
+    adapt: Callable[[Any, Profile, set[str]], Any] | None = None
+
+
+def explicit_keys(overrides: Sequence[str] | None, flags: dict[str, str] | None = None) -> set[str]:
+    """The dotted keys a user set: ``--set KEY=VALUE`` keys and the fields of the flags given."""
+    keys = {o.split("=", 1)[0].strip() for o in (overrides or ()) if "=" in o}
+    return keys | set(flags or {})
 
 
 RUNNERS: dict[str, Runner] = {}
@@ -92,7 +102,9 @@ def config_for(name: str, profile: str | Profile | None = None, overrides: Seque
     if name not in runners:
         raise ConfigError(f"unknown runner {name!r}: use one of {', '.join(sorted(runners))}")
     prof = profile if isinstance(profile, Profile) else resolve_profile(profile)
-    return apply_overrides(runners[name].config_for(prof), overrides)
+    runner = runners[name]
+    cfg = apply_overrides(runner.config_for(prof), overrides)
+    return cfg if runner.adapt is None else runner.adapt(cfg, prof, explicit_keys(overrides))
 
 
 def run(name: str, *, profile: str | None = None, overrides: Sequence[str] = (), seed: int = 0,

@@ -193,6 +193,10 @@ def execute(name: str, *, profile: str | None, overrides: Sequence[str], seed: i
     for field_name, value in (flags or {}).items():
         cfg = set_field(cfg, field_name, value)
     cfg = apply_overrides(cfg, overrides)  # validates the config
+    if runner.adapt is not None:
+        from obstructlib.experiments import explicit_keys
+
+        cfg = runner.adapt(cfg, prof, explicit_keys(overrides, flags))
     if runner.resolve is not None:
         cfg = runner.resolve(cfg, seed)
     out_dir = Path(out) if out is not None else Path("runs") / name

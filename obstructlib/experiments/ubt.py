@@ -77,8 +77,8 @@ class UBTRunConfig:
         min_asr: the least poisoned ASR (percent) for a defence to be evaluated (the issue's 90%).
         recipe: the profile row the defaults came from (``quick-embedded``, ``quick-real``; empty for
             colab and paper). The quick row follows the dataset: with ``quick-embedded`` and any other
-            ``--dataset``, :func:`resolve` rebuilds the defaults from ``quick-real`` and keeps every
-            value that a flag or ``--set`` changed (results.json records the resolved config).
+            ``--dataset``, :func:`adapt` rebuilds the defaults from ``quick-real`` and keeps every
+            value that a flag or ``--set`` gave (results.json records the config as it ran).
         pretrain: the offline pretraining recipe.
         victim: the victim's fine-tuning recipe (also the reference's and RoCLIP's).
         attack: the attacker's settings (target, rate, trigger parameters).
@@ -204,15 +204,15 @@ def _quick_real(cls: type, dataset: str) -> UBTRunConfig:
     """quick on a real classification set of at least 16,000 training images (CIFAR-10's JPEG copy)."""
     victim_lr = 5e-4  # the paper poisons at 1e-6; its overfit lr = 1x, unlearn lr = 10x, CleanCLIP 10x of it
     rate = 0.05  # SIG at 5% reaches 98% ASR in 600 steps (3%: not measured; BadNet and Blended need more)
-    # chosen on CIFAR-10, SIG 5%, attack seed 0 (validated on other seeds in the issue's note). The pool:
-    # on a first pretrained model (zero-shot CA 41%) the paper's clean-CLIP lowest-similarity pool held
-    # 1% of the poisons and the poisoned model's best-fitted pairs 98%; on the runner's (CA 53%, seeds
-    # 0 and 1) 50/48% against 24/28%, with the same UBT outcome either way (ASR <= 0.1%; CA -1.8/-3.0
-    # with the paper's pool, -1.0/-2.1 with this one, which stays the default until more seeds); the ascent at the
-    # victim's lr (the paper's 10x is 5e-3) collapses CA; at a tenth of it, bounded at a per-pair
-    # loss of 8 with the retain term at weight 2, CA -1.0 and ASR 0% (retain 0: CA -35; 1: -3; the
-    # unbounded ascent: -14). The clean check's lift: 9-15 on two poisoned models, 1.8-5.8 on two clean.
-    ubt = UBTConfig(pool_fraction=3 * rate, unlearn_fraction=rate / 3, pool_scorer="poisoned", pool_direction="highest",
+    # chosen on CIFAR-10, SIG 5%, attack seed 0 (validated on other seeds in the issue's note). The pool
+    # is the paper's (the clean CLIP's least aligned pairs): on the runner's pretrained models it holds
+    # 48-50% of the SIG poisons (seeds 0, 1) and 41% of BadNet's, against 24-28% and 4.5% for the
+    # poisoned model's best-fitted pairs (on a first, weaker pretrained model, zero-shot 41%, it was
+    # the other way round: 1% against 98%). The ascent at the victim's lr (the paper's 10x is 5e-3)
+    # collapses CA; at a tenth of it, bounded at a per-pair loss of 8 with the retain term at weight
+    # 2: SIG ASR <= 0.1%, CA -1.0 to -3.0 (retain 0: CA -35; 1: -3; the unbounded ascent: -14). The
+    # clean check's lift: 9-15 on poisoned models, 1.0-5.8 on clean ones.
+    ubt = UBTConfig(pool_fraction=3 * rate, unlearn_fraction=rate / 3,
                     overfit=_recipe(victim_lr, epochs=5), unlearn=_recipe(victim_lr / 10, epochs=5), max_pairs=4096,
                     max_loss=8.0, retain_weight=2.0, min_lift=7.0)
     return cls(
@@ -248,13 +248,20 @@ def _paper(cls: type, profile: Profile) -> UBTRunConfig:
 _PROFILE_TABLE = {"quick": _quick, "colab": _colab, "paper": _paper}
 
 
-def _rebase(cfg: Any, old: Any, new: Any) -> Any:
-    """``new`` with every value where ``cfg`` differs from ``old`` (what the user set) taken from ``cfg``."""
-    if not dataclasses.is_dataclass(cfg):
-        return cfg if cfg != old else copy.deepcopy(new)
-    changes = {f.name: _rebase(getattr(cfg, f.name), getattr(old, f.name), getattr(new, f.name))
-               for f in dataclasses.fields(cfg)}
-    return dataclasses.replace(cast(Any, new), **changes)
+def adapt(cfg: UBTRunConfig, profile: Profile, explicit: set[str]) -> UBTRunConfig:
+    """The quick row follows the dataset: ``quick-embedded`` with a real ``--dataset`` becomes
+    ``quick-real``, with every dotted key the user set (``explicit``) kept as given."""
+    if cfg.recipe != "quick-embedded" or cfg.dataset == "synthetic":
+        return cfg
+    out = _quick_real(UBTRunConfig, cfg.dataset)
+    for key in sorted(explicit):
+        *path, last = key.split(".")
+        src, dst = cfg, out
+        for part in path:
+            src, dst = getattr(src, part), getattr(dst, part)
+        setattr(dst, last, copy.deepcopy(getattr(src, last)))
+    out.validate()
+    return out
 
 
 #: offsets of the independent streams from ``--seed`` (every stage of a defence derives its own
@@ -271,8 +278,6 @@ def resolve(cfg: UBTRunConfig, seed: int) -> UBTRunConfig:
     ``seed + 20``. No defence shares the attacker's or the victim's stream.
     """
     cfg = copy.deepcopy(cfg)
-    if cfg.recipe == "quick-embedded" and cfg.dataset != "synthetic":  # a real dataset: its own quick row
-        cfg = _rebase(cfg, _quick_embedded(UBTRunConfig), _quick_real(UBTRunConfig, cfg.dataset))
     cfg.attack.seed = cfg.attack.ssba.seed = seed + ATTACKER
     cfg.victim.seed = seed + VICTIM
     cfg.pretrain.seed = seed + PRETRAIN
@@ -558,6 +563,7 @@ register_runner(Runner(
     config_for=UBTRunConfig.for_profile,
     run=run,
     resolve=resolve,
+    adapt=adapt,
     registries={"defense": DEFENSES},
     flags=(
         Flag("--dataset", "dataset", "classification spec (folder:PATH, cifar10) or caption spec (csv:PATH)"),
