@@ -52,16 +52,10 @@ def TINY_SET() -> list[str]:  # noqa: N802 - reads like the constant it expands
     return [a for s in TINY if not s.startswith("attack.") for a in ("--set", s)]
 
 
-def _seed_fields(tree, prefix=""):
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from _seed_fields(value, f"{prefix}{key}.")
-        elif key == "seed":
-            yield f"{prefix}{key}", value
-
-
 def test_attacker_victim_and_defender_streams_are_independent():
     import dataclasses
+
+    from test_config_resolution import _seed_fields
 
     import obstructlib as ob
     from obstructlib.experiments import RUNNERS, load_runners
