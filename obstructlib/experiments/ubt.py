@@ -45,8 +45,8 @@ from obstructlib.methods.ubt.baselines import (
     roclip,
 )
 from obstructlib.methods.ubt.evaluate import evaluate
-from obstructlib.methods.ubt.method import UBTConfig, defend, detection_scores, pool_recall_table
-from obstructlib.methods.ubt.steps import PairSubset, PairTensors, cartesian_pairs, unlearn
+from obstructlib.methods.ubt.method import UBTConfig, defend, detection_scores, pool_recall_table, unlearn_set
+from obstructlib.methods.ubt.steps import PairSubset, PairTensors
 from obstructlib.models import create_clip
 from obstructlib.primitives.image_triggers import PatchTrigger
 from obstructlib.primitives.stegastamp import load_stegastamp, save_stegastamp
@@ -459,23 +459,14 @@ def _d_oracle(inputs: DefenseInputs) -> tuple[Any, dict[str, Any]]:
 
     cfg, ctx = inputs.cfg.ubt, inputs.ctx
     view = PairTensors(inputs.train, inputs.poisoned)
-    poisons = np.flatnonzero(inputs.is_poison)
-    images, tokens = view.batch(poisons)
-    attr = token_attributions(inputs.poisoned, images, tokens, method=cfg.attribution, device=ctx.device)
+    images, tokens = view.batch(np.flatnonzero(inputs.is_poison))
+    attr = token_attributions(inputs.poisoned, images, tokens, method=cfg.attribution, ig_steps=cfg.ig_steps,
+                              device=ctx.device)
     masked = keep_top_tokens(tokens, attr, cfg.top_tokens, inputs.poisoned)
-    a, b = cartesian_pairs(len(poisons), len(poisons), max_pairs=cfg.max_pairs, seed=cfg.seed)
     normal = np.flatnonzero(~inputs.is_poison)
-    from obstructlib.methods.ubt.steps import _draw
-
-    def negatives(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        return view.batch(_draw(normal, cfg.negatives, generator))
-
-    model = copy.deepcopy(inputs.poisoned)
-    recipe = dataclasses.replace(cfg.unlearn, seed=cfg.seed + 1)
-    unlearn(model, images, masked, (a, b), recipe, negatives=negatives if cfg.negatives else None,
-            max_loss=cfg.max_loss, retain=negatives, retain_weight=cfg.retain_weight, patience=cfg.patience,
-            device=ctx.device, ckpt_dir=ctx.stage_dir("oracle"), progress=ctx.progress)
-    return model, {"num_unlearn_pairs": int(len(a))}
+    model, _, num_pairs = unlearn_set(inputs.poisoned, view, images, tokens, masked, normal, cfg, device=ctx.device,
+                                      ckpt_dir=ctx.stage_dir("oracle"), progress=ctx.progress)
+    return model, {"num_unlearn_pairs": int(num_pairs)}
 
 
 @DEFENSES.register("none")

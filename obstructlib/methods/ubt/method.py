@@ -51,7 +51,7 @@ from obstructlib.methods.ubt.steps import (
     unlearn,
 )
 
-__all__ = ["UBTConfig", "UBTReport", "UBTResult", "defend", "detection_scores", "pool_recall_table"]
+__all__ = ["UBTConfig", "UBTReport", "UBTResult", "defend", "detection_scores", "pool_recall_table", "unlearn_set"]
 
 VARIANTS = ("text", "ga", "image", "image+text")
 
@@ -276,6 +276,42 @@ def _token_names(model: Any, tokens: torch.Tensor, scores: torch.Tensor) -> list
     return out
 
 
+def unlearn_set(poisoned_model: Any, view: PairTensors, images: torch.Tensor, tokens: torch.Tensor,
+                masked: torch.Tensor, normal: np.ndarray, cfg: UBTConfig, *, device: torch.device | str | None = None,
+                ckpt_dir: str | os.PathLike | None = None, progress: bool = False,
+                callback: Any = None) -> tuple[Any, dict[str, list[float]], int]:
+    """UBT's last step on a chosen set: ``cfg.variant``'s masks, the Cartesian pairs, the bounded ascent
+    with clean negatives and the retain term drawn from ``normal`` (what :func:`defend` runs on D_u, and
+    the oracle on the true poisons).
+
+    Returns:
+        ``(unlearned copy, ascent history, number of unlearning pairs)``.
+    """
+    device = resolve_device(device)
+    model = copy.deepcopy(poisoned_model)
+    text_tokens = masked if cfg.variant in ("text", "image+text") else tokens
+    if cfg.variant in ("image", "image+text"):
+        images = mask_images(poisoned_model, images, tokens, keep=cfg.image_keep, device=device)
+    if cfg.cartesian:
+        a, b = cartesian_pairs(len(images), len(images), max_pairs=cfg.max_pairs, seed=cfg.seed)
+    else:
+        a = b = np.arange(len(images))
+    negatives = None
+    if cfg.negatives > 0 and len(normal) > 0:
+        count = cfg.negatives
+
+        def negatives(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+            return view.batch(_draw(normal, count, generator))
+
+    unlearn_cfg = copy.deepcopy(cfg.unlearn)
+    unlearn_cfg.seed = cfg.seed + 1
+    step_callback = None if callback is None else (lambda step: callback(model, step))
+    history = unlearn(model, images, text_tokens, (a, b), unlearn_cfg, negatives=negatives, max_loss=cfg.max_loss,
+                      retain=negatives, retain_weight=cfg.retain_weight, patience=cfg.patience, device=device,
+                      ckpt_dir=ckpt_dir, progress=progress, callback=step_callback)
+    return model, history, len(a)
+
+
 def defend(
     poisoned_model: Any,
     pairs: Any,
@@ -392,30 +428,9 @@ def defend(
         return UBTResult(poisoned_model, report)
 
     started = time.perf_counter()
-    model = copy.deepcopy(poisoned_model)
-    text_tokens = masked if cfg.variant in ("text", "image+text") else tokens
-    if cfg.variant in ("image", "image+text"):
-        images = mask_images(poisoned_model, images, tokens, keep=cfg.image_keep, device=device)
-    if cfg.cartesian:
-        a, b = cartesian_pairs(len(selected), len(selected), max_pairs=cfg.max_pairs, seed=cfg.seed)
-    else:
-        a = b = np.arange(len(selected))
-    report.num_unlearn_pairs = len(a)
-    negatives = None
-    if cfg.negatives > 0 and len(normal) > 0:
-        count = cfg.negatives
-
-        def negatives(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-            return view.batch(_draw(normal, count, generator))
-
-    unlearn_cfg = copy.deepcopy(cfg.unlearn)
-    unlearn_cfg.seed = cfg.seed + 1
-    step_callback = None if callback is None else (lambda step: callback(model, step))
-    histories["unlearn"] = unlearn(
-        model, images, text_tokens, (a, b), unlearn_cfg, negatives=negatives, max_loss=cfg.max_loss,
-        retain=negatives, retain_weight=cfg.retain_weight, patience=cfg.patience, device=device,
-        ckpt_dir=stage("unlearn"),
-        progress=progress, callback=step_callback)
+    model, histories["unlearn"], report.num_unlearn_pairs = unlearn_set(
+        poisoned_model, view, images, tokens, masked, normal, cfg, device=device, ckpt_dir=stage("unlearn"),
+        progress=progress, callback=callback)
     timings["unlearn"] = time.perf_counter() - started
     report.timings_s = {k: round(v, 3) for k, v in timings.items()}
     return UBTResult(model, report)
