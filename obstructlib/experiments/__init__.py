@@ -73,6 +73,7 @@ def load_runners() -> dict[str, Runner]:
     """Import the runner modules (they register themselves) and return the registry."""
     from obstructlib.experiments import (
         clip_baseline,  # noqa: F401
+        lto,  # noqa: F401
         mem,  # noqa: F401
         ntp,  # noqa: F401
         ubt,  # noqa: F401

@@ -8,6 +8,8 @@
   nearest-centroid accuracy of the noise alone).
 - :mod:`~obstructlib.metrics.transfer`: the area under a sample-wise learning curve and NTP's
   SLC-AUC (arXiv 2410.08015).
+- :mod:`~obstructlib.metrics.obstruction`: Learning to Obstruct's DropRatio@beta on an outer-step
+  trajectory (arXiv 2409.19210).
 """
 
 from obstructlib.metrics.classification import (
@@ -20,6 +22,7 @@ from obstructlib.metrics.classification import (
     zero_shot_accuracy,
 )
 from obstructlib.metrics.noise import noise_class_structure
+from obstructlib.metrics.obstruction import drop_ratio_at, drop_ratios, mean_drop_ratio, operating_point
 from obstructlib.metrics.retrieval import chance_retrieval, median_rank, retrieval_metrics, retrieval_ranks
 from obstructlib.metrics.transfer import log_area, slc_auc
 
@@ -27,10 +30,14 @@ __all__ = [
     "accuracy",
     "attack_success_rate",
     "chance_retrieval",
+    "drop_ratio_at",
+    "drop_ratios",
     "kl_divergence",
     "log_area",
+    "mean_drop_ratio",
     "median_rank",
     "noise_class_structure",
+    "operating_point",
     "per_class_accuracy",
     "retrieval_metrics",
     "retrieval_ranks",

@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["pad_crop_flip", "simclr_augment"]
+__all__ = ["pad_crop_flip", "resized_crop_flip", "simclr_augment"]
 
 
 def pad_crop_flip(x: torch.Tensor) -> torch.Tensor:
@@ -41,6 +41,38 @@ def pad_crop_flip(x: torch.Tensor) -> torch.Tensor:
 
 
 
+def _crop_flip(x: torch.Tensor, u: torch.Tensor, min_crop: float) -> torch.Tensor:
+    """Per-image crop box of area share ``min_crop + (1 - min_crop) * u[:, 0]`` (square aspect), placed by
+    ``u[:, 1:3]``, resized back to (H, W), flipped where ``u[:, 3] < 0.5``."""
+    b, _, h, w = x.shape
+    out = torch.empty_like(x)
+    for i in range(b):
+        area = min_crop + (1 - min_crop) * float(u[i, 0])
+        ch, cw = max(2, round(h * math.sqrt(area))), max(2, round(w * math.sqrt(area)))
+        top, left = int(u[i, 1] * (h - ch + 1)), int(u[i, 2] * (w - cw + 1))
+        crop = x[i:i + 1, :, top:top + ch, left:left + cw]
+        out[i] = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)[0]
+    flip = (u[:, 3] < 0.5).to(x.device)
+    return torch.where(flip[:, None, None, None], out.flip(-1), out)
+
+
+def resized_crop_flip(x: torch.Tensor, generator: torch.Generator, min_scale: float = 0.08) -> torch.Tensor:
+    """Random resized crop (area share in [min_scale, 1], square aspect) and horizontal flip, batched.
+
+    The few-shot learners' training view (CLIP's RandomResizedCrop scale 0.08-1 and flip; the
+    episodic learners use 0.5-1).
+
+    Args:
+        x: images ``(B, C, H, W)`` in [0, 1].
+        generator: CPU generator for every random draw.
+        min_scale: smallest crop area share, in (0, 1].
+
+    Shape:
+        ``(B, C, H, W)`` -> the same, in [0, 1].
+    """
+    return _crop_flip(x, torch.rand(x.shape[0], 4, generator=generator), min_scale)
+
+
 def simclr_augment(x: torch.Tensor, generator: torch.Generator, min_crop: float = 0.3) -> torch.Tensor:
     """SimCLR's view: random resized crop, horizontal flip, colour jitter and random greyscale.
 
@@ -52,17 +84,9 @@ def simclr_augment(x: torch.Tensor, generator: torch.Generator, min_crop: float 
     Returns:
         Augmented images, same shape, in [0, 1].
     """
-    b, c, h, w = x.shape
+    b = x.shape[0]
     u = torch.rand(b, 8, generator=generator)
-    out = torch.empty_like(x)
-    for i in range(b):  # a per-image crop box, resized back to (H, W)
-        area = min_crop + (1 - min_crop) * float(u[i, 0])
-        ch, cw = max(2, round(h * math.sqrt(area))), max(2, round(w * math.sqrt(area)))
-        top, left = int(u[i, 1] * (h - ch + 1)), int(u[i, 2] * (w - cw + 1))
-        crop = x[i:i + 1, :, top:top + ch, left:left + cw]
-        out[i] = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)[0]
-    flip = (u[:, 3] < 0.5).to(x.device)
-    out = torch.where(flip[:, None, None, None], out.flip(-1), out)
+    out = _crop_flip(x, u, min_crop)
     shape = (b, 1, 1, 1)
     bright = (0.6 + 0.8 * u[:, 4]).view(shape).to(x.device)
     contrast = (0.6 + 0.8 * u[:, 5]).view(shape).to(x.device)

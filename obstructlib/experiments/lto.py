@@ -1,0 +1,318 @@
+"""``obstruct lto``: Learning to Obstruct on a CLIP backbone, with its baselines and DropRatio@beta.
+
+1. Data: per class the training split is shuffled once (seed 42) and cut into the attacker's pool
+   (20 per class), the defender's pool (5 per class) and, offline, the rest for pretraining.
+2. The backbone: ``colab``/``paper`` load CLIP RN50 ``openai``; offline a tiny CLIP is pretrained on
+   the rest of the training split with templated captions and cached in the run folder (resumable).
+3. For every restricted superclass and every method (``lto``, ``only-r``, ``nof``, ``ssd``): a fresh
+   copy of the backbone is obstructed; the attacker (its own shots, its own stream) re-runs its
+   learner every ``lto.eval_every`` outer steps; the trajectory gives DropRatio@beta.
+
+References:
+    Zheng et al., Learning to Obstruct Few-Shot Image Classification over Restricted Classes,
+    ECCV 2024, arXiv:2409.19210.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from obstructlib.data import load_dataset, seeded_subset, templated_captions
+from obstructlib.data.base import ArrayImageDataset
+from obstructlib.engine import ClipTrainConfig, fit_clip
+from obstructlib.errors import ConfigError, check_min
+from obstructlib.experiments import Flag, RunContext, Runner, register_runner
+from obstructlib.experiments.common import check_run_folder
+from obstructlib.methods.lto.evaluate import attack_clip, evaluate
+from obstructlib.methods.lto.learners import CIFAR_TEMPLATES, LEARNERS, LearnerConfig, learner_config
+from obstructlib.methods.lto.method import LTOConfig, obstruct, per_class_pools
+from obstructlib.methods.lto.tasks import ClipTask, draw_shots
+from obstructlib.models import create_clip
+from obstructlib.profiles import Profile
+
+METHODS = ("lto", "only-r", "nof", "ssd")
+ATTACKER, DEFENDER, PRETRAIN = 0, 10, 20  # seed offsets: independent streams
+
+# superclasses by dataset class names (CIFAR-10 has none of its own; CIFAR-100's coarse labels do)
+SUPERCLASSES: dict[str, tuple[str, ...]] = {
+    "vehicles": ("airplane", "automobile", "ship", "truck"),
+    "mammals": ("cat", "deer", "dog", "horse"),
+    "bird-frog": ("bird", "frog"),  # the validation superclass (the official id 0): tune on it only
+    "round-shapes": ("circle", "ring", "ellipse"),  # the embedded synthetic set (CI)
+}
+
+
+@dataclass
+class LTORunConfig:
+    """Config of ``obstruct lto``.
+
+    Attributes:
+        dataset: a classification spec (``folder:PATH``, ``cifar10``, ``cifar100``).
+        restricted: ``;``-separated superclasses, each a name of :data:`SUPERCLASSES` or a
+            comma-separated list of class names or indices (``vehicles;mammals``, ``0,1,8,9``);
+            empty: the first superclass of :data:`SUPERCLASSES` whose classes the dataset has.
+        arch: the CLIP architecture (``tiny-rn`` offline; ``RN50`` in the paper).
+        pretrained: open_clip tag (``openai``); None pretrains a CLIP on the rest of the training split.
+        image_size: stored image side in pixels.
+        context_length: tokens per prompt (CoOp needs ``n_ctx`` + the class name + 3).
+        pretrain_samples: images of the offline pretraining split.
+        attacker_pool / defender_pool: images per class in each pool (official 20 / 5).
+        attacker_shots: the attacker's shots per class (5; the robustness study: 10, 15, 20).
+        test_samples: test images (None: the whole test split).
+        learner: the defender's learner (``ce``, ``coop``, ``tip-adapter``).
+        attacker: the attacker's learner (``same``, or another one: the transfer study).
+        method: ``,``-separated methods of :data:`METHODS`, or ``all``.
+        beta: the DropRatio operating point, points of R' accuracy (2).
+        templates: number of CLIP CIFAR templates used (18: all).
+        pretrain: the offline pretraining recipe.
+        defender: overrides of the defender learner's official recipe.
+        attack: overrides of the attacker learner's official recipe.
+        lto: the obstruction loop.
+        ssd_alpha / ssd_lambda: SSD's selection and dampening constants.
+    """
+
+    dataset: str = "synthetic"
+    restricted: str = ""
+    arch: str = "tiny-rn"
+    pretrained: str | None = None
+    image_size: int = 32
+    context_length: int | None = 32
+    pretrain_samples: int | None = 10_000
+    attacker_pool: int = 20
+    defender_pool: int = 5
+    attacker_shots: int = 5
+    test_samples: int | None = 2_000
+    learner: str = "ce"
+    attacker: str = "same"
+    method: str = "lto,only-r,nof"
+    beta: float = 2.0
+    templates: int = 18
+    pretrain: ClipTrainConfig = field(default_factory=ClipTrainConfig)
+    defender: dict[str, Any] = field(default_factory=dict)
+    attack: dict[str, Any] = field(default_factory=dict)
+    lto: LTOConfig = field(default_factory=LTOConfig)
+    ssd_alpha: float = 10.0
+    ssd_lambda: float = 1.0
+    attacker_seed: int = 0
+
+    def methods(self) -> list[str]:
+        names = list(METHODS) if self.method == "all" else [m.strip() for m in self.method.split(",") if m.strip()]
+        bad = [m for m in names if m not in METHODS]
+        if bad or not names:
+            raise ConfigError(f"unknown method {bad or self.method!r}: use a comma list of {', '.join(METHODS)} or all")
+        return names
+
+    def validate(self) -> None:
+        self.methods()
+        if self.learner not in LEARNERS or self.attacker not in (*LEARNERS, "same"):
+            raise ConfigError(f"learner={self.learner!r}, attacker={self.attacker!r}: use {', '.join(LEARNERS)} "
+                              "(attacker also 'same')")
+        check_min(self, ("attacker_pool", "defender_pool", "attacker_shots", "templates"))
+        if self.attacker_shots > self.attacker_pool:
+            raise ConfigError(f"attacker_shots={self.attacker_shots} > attacker_pool={self.attacker_pool}: "
+                              "the attacker draws its shots from its pool; raise attacker_pool")
+        if self.lto.k_learn > self.defender_pool or self.lto.k_obs > self.defender_pool:
+            raise ConfigError(f"lto.k_learn={self.lto.k_learn} / k_obs={self.lto.k_obs} exceed defender_pool="
+                              f"{self.defender_pool}: lower them or raise defender_pool")
+        if not self.beta > 0:
+            raise ConfigError(f"beta={self.beta}: the tolerated drop on the other classes must be > 0 points")
+        self.lto.validate()
+
+    @classmethod
+    def for_profile(cls, profile: Profile) -> LTORunConfig:
+        """Defaults scaled to a profile (the only place the profile enters).
+
+        - quick: a tiny-rn CLIP pretrained 600 steps on up to 10,000 training images; the learners'
+          official recipes with the visual rate raised from 1e-6 (a pretrained RN50's) to 1e-4 (a
+          from-scratch tiny CLIP barely moves at 1e-6); 60 outer steps at lr 1e-3, evaluated every 10.
+        - colab: RN50 ``openai`` at 224 px on the profile's set, the official rates, 100 outer steps.
+        - paper: the official CIFAR100 settings (100 outer steps, lr 1e-6, evaluation every 20).
+        """
+        if profile.name == "quick":
+            return cls(dataset=profile.image_dataset,
+                       pretrain=ClipTrainConfig(steps=600, batch_size=128, lr=1e-3, weight_decay=0.2, warmup_steps=50,
+                                                log_every=50, ckpt_every=200),
+                       defender={"lr_visual": 1e-4}, attack={"lr_visual": 1e-4},
+                       lto=LTOConfig(steps=60, lr=1e-3, eval_every=10, ckpt_every=10))
+        paper = profile.name == "paper"
+        return cls(dataset=profile.image_dataset if not paper else "cifar100", arch="RN50", pretrained="openai",
+                   image_size=224, context_length=None, pretrain_samples=0, test_samples=None if paper else 2_000,
+                   lto=LTOConfig(steps=100, lr=1e-6, eval_every=20))
+
+
+def resolve(cfg: LTORunConfig, seed: int) -> LTORunConfig:
+    """Independent streams: the attacker ``seed``, the defender ``seed + 10``, the pretraining ``seed + 20``."""
+    cfg = copy.deepcopy(cfg)
+    cfg.attacker_seed = seed + ATTACKER
+    cfg.lto.seed = seed + DEFENDER
+    cfg.pretrain.seed = seed + PRETRAIN
+    return cfg
+
+
+def _class_sets(spec: str, classes: list[str]) -> dict[str, list[int]]:
+    """``vehicles;0,1`` -> {"vehicles": [...], "0,1": [0, 1]} (class indices)."""
+    if not spec.strip():
+        spec = next((k for k, v in SUPERCLASSES.items() if set(v) <= set(classes)), "")
+    out: dict[str, list[int]] = {}
+    for part in [p.strip() for p in spec.split(";") if p.strip()]:
+        names = SUPERCLASSES.get(part, tuple(x.strip() for x in part.split(",")))
+        idx = []
+        for n in names:
+            if n.isdigit() and int(n) < len(classes):
+                idx.append(int(n))
+            elif n in classes:
+                idx.append(classes.index(n))
+            else:
+                raise ConfigError(f"restricted class {n!r} is not in the dataset ({', '.join(classes[:12])}...): "
+                                  f"name classes, indices or a superclass of {', '.join(SUPERCLASSES)}")
+        if not 0 < len(idx) < len(classes):
+            raise ConfigError(f"restricted set {part!r} must hold some but not all classes")
+        out[part] = sorted(set(idx))
+    if not out:
+        raise ConfigError("--restricted is empty: name a superclass (vehicles) or classes (0,1,8,9)")
+    return out
+
+
+def _tensors(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = zip(*(ds[i] for i in range(len(ds))))
+    return torch.stack(list(xs)).float(), torch.as_tensor(ys).long()
+
+
+def _data(cfg: LTORunConfig, ctx: RunContext) -> dict[str, Any]:
+    kw = {"image_size": cfg.image_size, "channels": 3, "progress": ctx.progress}
+    train = load_dataset(cfg.dataset, ctx.data_root, "train", **kw)
+    test = load_dataset(cfg.dataset, ctx.data_root, "test", **kw)
+    classes = [c.replace("_", " ") for c in getattr(train, "classes", None) or []]
+    if not classes:
+        raise ConfigError(f"{cfg.dataset} has no class names: LTO needs a classification dataset with classes")
+    per_class = cfg.attacker_pool + cfg.defender_pool
+    wanted = None if cfg.pretrain_samples is None else cfg.pretrain_samples + per_class * len(classes)
+    x, y = _tensors(seeded_subset(train, wanted, seed=0))
+    atk, dfn = per_class_pools(y, (cfg.attacker_pool, cfg.defender_pool), seed=42)
+    rest = torch.ones(len(y), dtype=torch.bool)
+    rest[torch.cat([atk, dfn])] = False
+    tx, ty = _tensors(seeded_subset(test, cfg.test_samples, seed=0))
+    return {"classes": classes, "attacker_pool": (x[atk], y[atk]), "defender_pool": (x[dfn], y[dfn]),
+            "pretrain": (x[rest], y[rest]), "test": (tx, ty)}
+
+
+def _backbone(cfg: LTORunConfig, ctx: RunContext, data: dict[str, Any]) -> Any:
+    kw = {} if cfg.context_length is None else {"context_length": cfg.context_length}
+    if cfg.pretrained is not None:
+        return create_clip(cfg.arch, cfg.pretrained, device=ctx.device, **kw).eval()
+    torch.manual_seed(cfg.pretrain.seed)
+    model = create_clip(cfg.arch, None, device=ctx.device, image_size=cfg.image_size, **kw)
+    px, py = data["pretrain"]
+    arr = (px.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+    pairs = templated_captions(ArrayImageDataset(arr, py.numpy(), data["classes"]), seed=cfg.pretrain.seed)
+    with ctx.timer("pretrain"):
+        fit_clip(model, pairs, cfg.pretrain, ctx.device, ckpt_dir=ctx.stage_dir("pretrain"), progress=ctx.progress)
+    return model.eval()
+
+
+def _ssd(model: Any, cfg: LTORunConfig, pool: tuple[torch.Tensor, torch.Tensor], classes: list[str],
+         templates: list[str], restricted: list[int], device: Any) -> dict[str, Any]:
+    from obstructlib.methods.lto.ssd import SSDConfig, ssd
+
+    with torch.no_grad():
+        text = model.zero_shot_classifier(classes, templates, device=device)
+
+    def loss_fn(m: Any, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(m.logit_scale.exp() * m.encode_image(x.to(device)) @ text.t(), y.to(device))
+
+    x, y = pool
+    forget = torch.isin(y, torch.as_tensor(restricted))
+    batches = [(x[i:i + 64], y[i:i + 64]) for i in range(0, len(x), 64)]
+    fx, fy = x[forget], y[forget]
+    return ssd(model, batches, [(fx[i:i + 64], fy[i:i + 64]) for i in range(0, len(fx), 64)], loss_fn,
+               SSDConfig(alpha=cfg.ssd_alpha, lam=cfg.ssd_lambda), device)
+
+
+def run(cfg: LTORunConfig, ctx: RunContext) -> dict[str, Any]:
+    """Pretrain (offline), then obstruct each restricted superclass with each method and attack it."""
+    check_run_folder(cfg, ctx)
+    with ctx.timer("data"):
+        data = _data(cfg, ctx)
+    classes = data["classes"]
+    sets = _class_sets(cfg.restricted, classes)
+    templates = list(CIFAR_TEMPLATES[:cfg.templates])
+    backbone = _backbone(cfg, ctx, data)
+    defender = learner_config(cfg.learner, "defender", **cfg.defender)
+    attacker_kind = cfg.learner if cfg.attacker == "same" else cfg.attacker
+    attacker: LearnerConfig = learner_config(attacker_kind, "attacker", **cfg.attack)
+    ax, ay = data["attacker_pool"]
+    shots = draw_shots(ay, cfg.attacker_shots, torch.Generator().manual_seed(cfg.attacker_seed))
+    superclass_of: dict[str, Sequence[int]] = dict(sets)
+    results: dict[str, Any] = {"superclasses": {}, "chance": 100.0 / len(classes), "classes": classes}
+    for name, restricted in sets.items():
+        def attack(model: Any, restricted: list[int] = restricted) -> dict[str, Any]:
+            return attack_clip(model, (ax[shots], ay[shots]), data["test"], classes, templates, attacker,
+                               restricted=restricted, seed=cfg.attacker_seed + 1, superclasses=superclass_of,
+                               device=ctx.device)
+
+        with ctx.timer(f"{name}/attack_reference"):
+            reference = attack(backbone)
+        per_method: dict[str, Any] = {}
+        for method in cfg.methods():
+            model = copy.deepcopy(backbone)
+            with ctx.timer(f"{name}/{method}"):
+                if method == "ssd":
+                    report = _ssd(model, cfg, data["defender_pool"], classes, templates, restricted, ctx.device)
+                    trajectory = [{"step": 0, **reference}, {"step": 1, **attack(model)}]
+                    extra: dict[str, Any] = {"ssd": report}
+                else:
+                    lto_cfg = replace(cfg.lto, method=method)
+                    px, py = data["defender_pool"]
+                    task = ClipTask.from_config(model, px, py, classes, templates, restricted, defender, lto_cfg,
+                                                device=ctx.device)
+                    first = [True]
+
+                    def evaluate_fn(m: Any, first: list[bool] = first) -> dict[str, Any]:
+                        if first[0]:  # step 0 is the shared reference run
+                            first[0] = False
+                            return reference
+                        return attack(m)
+
+                    res = obstruct(task, lto_cfg, evaluate=evaluate_fn, ckpt_dir=ctx.stage_dir(f"{name}-{method}"),
+                                   progress=ctx.progress)
+                    trajectory, extra = res.trajectory, {"losses": res.losses, "seconds_per_step": res.seconds_per_step}
+            summary = evaluate(trajectory, cfg.beta)
+            per_method[method] = {**summary, "trajectory": [{k: v for k, v in r.items()} for r in trajectory],
+                                  "attack_seconds": float(np.mean([r["seconds"] for r in trajectory])), **extra}
+        results["superclasses"][name] = {"restricted": restricted, "reference": reference, "methods": per_method}
+    tag = f"{cfg.beta:g}".replace(".", "_")
+    means = {m: float(np.mean([s["methods"][m][f"drop_ratio_at_{tag}"] for s in results["superclasses"].values()]))
+             for m in cfg.methods()}
+    first_sc = next(iter(results["superclasses"].values()))
+    primary = first_sc["methods"][cfg.methods()[0]]
+    results.update({
+        "acc_r0": primary["acc_r0"], "acc_o0": primary["acc_o0"], "trajectory": primary["trajectory"],
+        f"drop_ratio_at_{tag}": primary[f"drop_ratio_at_{tag}"],
+        f"drop_ratio_at_{tag}_nearest": primary[f"drop_ratio_at_{tag}_nearest"],
+        f"mean_drop_ratio_at_{tag}": means, "primary_method": cfg.methods()[0],
+    })
+    return results
+
+
+register_runner(Runner(
+    name="lto",
+    help="Learning to Obstruct: meta-learn a CLIP backbone that few-shot learners cannot adapt to restricted classes",
+    config_for=LTORunConfig.for_profile,
+    run=run,
+    resolve=resolve,
+    flags=(
+        Flag("--dataset", "dataset", "classification spec (folder:PATH, cifar10, cifar100)"),
+        Flag("--restricted", "restricted", "superclass name or class list; ';' separates several"),
+        Flag("--learner", "learner", "the defender's few-shot learner", LEARNERS),
+        Flag("--attacker", "attacker", "the attacker's learner (same: the defender's)", (*LEARNERS, "same")),
+        Flag("--method", "method", "comma list of lto, only-r, nof, ssd, or all"),
+    ),
+))

@@ -1,0 +1,1 @@
+"""Learning to Obstruct (LTO): a backbone meta-learned to be a poor start for restricted classes (``ob.lto``)."""
