@@ -10,7 +10,8 @@ Five papers, one small package (see ``notebooks/`` for the course):
 
 Layers (imports only point down): ``experiments`` -> ``methods.<paper>`` -> ``primitives`` ->
 ``engine``, ``metrics`` -> ``models``, ``data``. The public surface: one namespace per paper
-(``ob.uc``, ``ob.mem``, ``ob.ntp``, each with ``Config``, ``Result``, its verb and ``evaluate``),
+(``ob.uc``, ``ob.mem``, ``ob.ubt``, ``ob.ntp``, ``ob.lto``, each with ``Config``, ``Result``, its verb
+and ``evaluate``),
 one per layer (``ob.data``, ``ob.models``, ``ob.engine``, ``ob.metrics``), ``ob.run(name, ...)``
 for a runner in process, and the common names below; everything loads on first use.
 
@@ -64,7 +65,7 @@ _LAZY = {
 # namespaces: one per paper (``ob.uc.protect``) and one per layer (``ob.data.load_dataset``)
 _NAMESPACES = {
     "uc": "obstructlib.methods.uc", "mem": "obstructlib.methods.mem", "ntp": "obstructlib.methods.ntp",
-    "ubt": "obstructlib.methods.ubt",
+    "ubt": "obstructlib.methods.ubt", "lto": "obstructlib.methods.lto",
     "data": "obstructlib.data", "models": "obstructlib.models", "engine": "obstructlib.engine",
     "metrics": "obstructlib.metrics", "primitives": "obstructlib.primitives",
     "plotting": "obstructlib.plotting",

@@ -9,7 +9,7 @@ Example:
     >>> image, caption, image_id = train[0]
 """
 
-from obstructlib.data import folders, vision  # noqa: F401  (import registers their datasets)
+from obstructlib.data import celeba, folders, vision  # noqa: F401  (import registers their datasets)
 from obstructlib.data.base import (
     ArrayImageDataset,
     SizedDataset,

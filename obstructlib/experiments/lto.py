@@ -16,6 +16,7 @@ References:
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -47,6 +48,22 @@ SUPERCLASSES: dict[str, tuple[str, ...]] = {
     "bird-frog": ("bird", "frog"),  # the validation superclass (the official id 0): tune on it only
     "round-shapes": ("circle", "ring", "ellipse"),  # the embedded synthetic set (CI)
 }
+
+
+@dataclass
+class LearnerOverrides:
+    """Changes to a learner's official recipe (:func:`~obstructlib.methods.lto.learner_config`); None keeps it."""
+
+    epochs: int | None = None
+    lr_visual: float | None = None
+    lr_head: float | None = None
+    batch_size: int | None = None
+    token_lr_scale: float | None = None
+    augment_epochs: int | None = None
+    n_ctx: int | None = None
+
+    def given(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 @dataclass
@@ -95,8 +112,8 @@ class LTORunConfig:
     beta: float = 2.0
     templates: int = 18
     pretrain: ClipTrainConfig = field(default_factory=ClipTrainConfig)
-    defender: dict[str, Any] = field(default_factory=dict)
-    attack: dict[str, Any] = field(default_factory=dict)
+    defender: LearnerOverrides = field(default_factory=LearnerOverrides)
+    attack: LearnerOverrides = field(default_factory=LearnerOverrides)
     lto: LTOConfig = field(default_factory=LTOConfig)
     ssd_alpha: float = 10.0
     ssd_lambda: float = 1.0
@@ -139,7 +156,7 @@ class LTORunConfig:
             return cls(dataset=profile.image_dataset,
                        pretrain=ClipTrainConfig(steps=600, batch_size=128, lr=1e-3, weight_decay=0.2, warmup_steps=50,
                                                 log_every=50, ckpt_every=200),
-                       defender={"lr_visual": 1e-4}, attack={"lr_visual": 1e-4},
+                       defender=LearnerOverrides(lr_visual=1e-4), attack=LearnerOverrides(lr_visual=1e-4),
                        lto=LTOConfig(steps=60, lr=1e-3, eval_every=10, ckpt_every=10))
         paper = profile.name == "paper"
         return cls(dataset=profile.image_dataset if not paper else "cifar100", arch="RN50", pretrained="openai",
@@ -245,9 +262,9 @@ def run(cfg: LTORunConfig, ctx: RunContext) -> dict[str, Any]:
     sets = _class_sets(cfg.restricted, classes)
     templates = list(CIFAR_TEMPLATES[:cfg.templates])
     backbone = _backbone(cfg, ctx, data)
-    defender = learner_config(cfg.learner, "defender", **cfg.defender)
+    defender = learner_config(cfg.learner, "defender", **cfg.defender.given())
     attacker_kind = cfg.learner if cfg.attacker == "same" else cfg.attacker
-    attacker: LearnerConfig = learner_config(attacker_kind, "attacker", **cfg.attack)
+    attacker: LearnerConfig = learner_config(attacker_kind, "attacker", **cfg.attack.given())
     ax, ay = data["attacker_pool"]
     shots = draw_shots(ay, cfg.attacker_shots, torch.Generator().manual_seed(cfg.attacker_seed))
     superclass_of: dict[str, Sequence[int]] = dict(sets)

@@ -8,10 +8,12 @@
   nearest-centroid accuracy of the noise alone).
 - :mod:`~obstructlib.metrics.transfer`: the area under a sample-wise learning curve and NTP's
   SLC-AUC (arXiv 2410.08015).
+- :mod:`~obstructlib.metrics.attributes`: binary AUROC per attribute and LTO's collateral matrix.
 - :mod:`~obstructlib.metrics.obstruction`: Learning to Obstruct's DropRatio@beta on an outer-step
   trajectory (arXiv 2409.19210).
 """
 
+from obstructlib.metrics.attributes import auroc_per_attribute, binary_auroc, collateral_matrix
 from obstructlib.metrics.classification import (
     accuracy,
     attack_success_rate,
@@ -29,7 +31,10 @@ from obstructlib.metrics.transfer import log_area, slc_auc
 __all__ = [
     "accuracy",
     "attack_success_rate",
+    "auroc_per_attribute",
+    "binary_auroc",
     "chance_retrieval",
+    "collateral_matrix",
     "drop_ratio_at",
     "drop_ratios",
     "kl_divergence",

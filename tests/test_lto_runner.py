@@ -1,0 +1,60 @@
+"""``obstruct lto`` end to end on the embedded set, its streams and its bad inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+import obstructlib as ob
+from obstructlib.cli import main
+from obstructlib.experiments import RUNNERS, load_runners
+
+TINY = ["--no-progress", "--set", "pretrain_samples=300", "--set", "pretrain.steps=15",
+        "--set", "pretrain.batch_size=32", "--set", "test_samples=100", "--set", "lto.steps=2",
+        "--set", "lto.eval_every=1", "--set", "templates=2", "--set", "attack.epochs=1"]
+
+
+def test_runner_end_to_end_every_method(tmp_path):
+    out = tmp_path / "run"
+    assert main(["lto", "--out", str(out), "--method", "all", "--restricted", "round-shapes;0,3", *TINY]) == 0
+    res = json.loads((out / "results.json").read_text())
+    m = res["metrics"]
+    assert {"acc_r0", "acc_o0", "trajectory", "drop_ratio_at_2", "drop_ratio_at_2_nearest",
+            "mean_drop_ratio_at_2"} <= set(m)
+    assert set(m["superclasses"]) == {"round-shapes", "0,3"}
+    sc = m["superclasses"]["round-shapes"]
+    assert sc["restricted"] == [0, 1, 2]
+    assert set(sc["methods"]) == {"lto", "only-r", "nof", "ssd"}
+    lto = sc["methods"]["lto"]
+    assert [r["step"] for r in lto["trajectory"]] == [0, 1, 2]
+    assert lto["trajectory"][0] == {"step": 0, **sc["reference"]}  # every method starts from one reference
+    assert m["chance"] == 10.0
+    assert set(m["mean_drop_ratio_at_2"]) == {"lto", "only-r", "nof", "ssd"}
+    # a rerun resumes: the obstruction checkpoints are there, the trajectory is the same
+    assert main(["lto", "--out", str(out), "--method", "all", "--restricted", "round-shapes;0,3", *TINY]) == 0
+    again = json.loads((out / "results.json").read_text())["metrics"]
+    assert again["superclasses"]["round-shapes"]["methods"]["lto"]["trajectory"] == lto["trajectory"]
+
+
+def test_attacker_defender_and_pretraining_streams_are_independent():
+    load_runners()
+    for seed in (0, 3):
+        cfg = RUNNERS["lto"].resolve(ob.config_for("lto", "quick"), seed)
+        streams = {cfg.attacker_seed, cfg.attacker_seed + 1, cfg.lto.seed, cfg.pretrain.seed}
+        assert len(streams) == 4  # attacker shots, attacker learner, defender, pretraining
+        assert cfg.lto.seed not in (cfg.attacker_seed, cfg.attacker_seed + 1)
+    d = dataclasses.asdict(cfg)
+    assert d["attacker_seed"] == 3 and d["lto"]["seed"] == 13
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--restricted", "wheels"], "restricted class 'wheels'"),
+    (["--method", "maml"], "unknown method"),
+    (["--set", "beta=0"], "beta"),
+    (["--set", "lto.k_learn=9"], "defender_pool"),
+    (["--set", "attacker_shots=30"], "attacker_pool"),
+])
+def test_bad_inputs_fail_with_one_line(tmp_path, cli_fails, args, needle):
+    cli_fails(["lto", "--out", str(tmp_path / "bad"), *TINY, *args], needle)
