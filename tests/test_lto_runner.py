@@ -58,3 +58,19 @@ def test_attacker_defender_and_pretraining_streams_are_independent():
 ])
 def test_bad_inputs_fail_with_one_line(tmp_path, cli_fails, args, needle):
     cli_fails(["lto", "--out", str(tmp_path / "bad"), *TINY, *args], needle)
+
+
+@pytest.mark.parametrize("learner", ["protonet", "metaoptnet"])
+def test_classical_learners_run_end_to_end(tmp_path, learner):
+    out = tmp_path / learner
+    args = ["lto", "--out", str(out), "--learner", learner, "--method", "lto,nof", "--restricted", "round-shapes",
+            "--no-progress", "--set", "pretrain_samples=300", "--set", "test_samples=100", "--set", "lto.steps=2",
+            "--set", "lto.eval_every=1", "--set", "classical_pretrain.epochs=1",
+            "--set", "classical_widths=4,8,8,8",
+            "--set", "episodic_attacker.episodes=4", "--set", "episodic_attacker.epochs=1",
+            "--set", "episodic_defender.episodes=2", "--set", "obs_episodes=1", "--set", "test_episodes=5"]
+    assert main(args) == 0
+    sc = json.loads((out / "results.json").read_text())["metrics"]["superclasses"]["round-shapes"]
+    assert [r["step"] for r in sc["methods"]["lto"]["trajectory"]] == [0, 1, 2]
+    assert not set(sc["meta_classes"]) & set(sc["restricted"])  # the attacker meta-trains on R' only
+    assert set(sc["restricted"]) <= set(sc["test_classes"])

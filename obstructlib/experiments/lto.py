@@ -27,18 +27,21 @@ import torch.nn.functional as F
 
 from obstructlib.data import load_dataset, seeded_subset, templated_captions
 from obstructlib.data.base import ArrayImageDataset
-from obstructlib.engine import ClipTrainConfig, fit_clip
+from obstructlib.engine import ClassifierTrainConfig, ClipTrainConfig, fit_classifier, fit_clip
 from obstructlib.errors import ConfigError, check_min
 from obstructlib.experiments import Flag, RunContext, Runner, register_runner
 from obstructlib.experiments.common import check_run_folder
-from obstructlib.methods.lto.evaluate import attack_clip, evaluate
+from obstructlib.methods.lto.classical import EpisodicConfig
+from obstructlib.methods.lto.evaluate import attack_clip, attack_episodic, evaluate
 from obstructlib.methods.lto.learners import CIFAR_TEMPLATES, LEARNERS, LearnerConfig, learner_config
 from obstructlib.methods.lto.method import LTOConfig, obstruct, per_class_pools
-from obstructlib.methods.lto.tasks import ClipTask, draw_shots
-from obstructlib.models import create_clip
+from obstructlib.methods.lto.tasks import ClipTask, EpisodicTask, draw_shots
+from obstructlib.models import create_clip, create_model
 from obstructlib.profiles import Profile
 
 METHODS = ("lto", "only-r", "nof", "ssd")
+CLASSICAL = {"protonet": "proto", "metaoptnet": "svm", "metaoptnet-ridge": "ridge"}  # learner -> episodic head
+ALL_LEARNERS = (*LEARNERS, *CLASSICAL)
 ATTACKER, DEFENDER, PRETRAIN = 0, 10, 20  # seed offsets: independent streams
 
 # superclasses by dataset class names (CIFAR-10 has none of its own; CIFAR-100's coarse labels do)
@@ -83,8 +86,10 @@ class LTORunConfig:
         attacker_pool / defender_pool: images per class in each pool (official 20 / 5).
         attacker_shots: the attacker's shots per class (5; the robustness study: 10, 15, 20).
         test_samples: test images (None: the whole test split).
-        learner: the defender's learner (``ce``, ``coop``, ``tip-adapter``).
-        attacker: the attacker's learner (``same``, or another one: the transfer study).
+        learner: the defender's learner: ``ce``, ``coop``, ``tip-adapter`` (a CLIP backbone) or
+            ``protonet``, ``metaoptnet`` (SVM head), ``metaoptnet-ridge`` (an image backbone).
+        attacker: the attacker's learner (``same``, or another one of the same family: the
+            transfer study).
         method: ``,``-separated methods of :data:`METHODS`, or ``all``.
         beta: the DropRatio operating point, points of R' accuracy (2).
         templates: number of CLIP CIFAR templates used (18: all).
@@ -93,6 +98,17 @@ class LTORunConfig:
         attack: overrides of the attacker learner's official recipe.
         lto: the obstruction loop.
         ssd_alpha / ssd_lambda: SSD's selection and dampening constants.
+        classical_arch / classical_widths: the classical learners' backbone (a CPU-sized ResNet-12),
+            pretrained with cross-entropy on the pretraining split by ``classical_pretrain``.
+        episodic_defender: the defender's inner meta-training (episodes drawn from its pool; queries
+            per way at most ``defender_pool - k_shot``).
+        episodic_attacker: the attacker's meta-training on R' (its ``k_shot`` is also the test
+            episodes' shots: 1 or 5).
+        obs_episodes: obstruction episodes per outer step (classical learners).
+        test_episodes: the attacker's test episodes (the paper: 1000).
+        meta_share: share of R' classes the classical attacker meta-trains on (0.7); the rest are
+            test-other.
+        attacker_seed: the attacker's stream (set from ``--seed``).
     """
 
     dataset: str = "synthetic"
@@ -117,6 +133,17 @@ class LTORunConfig:
     lto: LTOConfig = field(default_factory=LTOConfig)
     ssd_alpha: float = 10.0
     ssd_lambda: float = 1.0
+    classical_arch: str = "resnet12"
+    classical_widths: tuple[int, ...] = (16, 32, 64, 128)
+    classical_pretrain: ClassifierTrainConfig = field(default_factory=lambda: ClassifierTrainConfig(
+        epochs=10, batch_size=128, lr=0.05))
+    episodic_defender: EpisodicConfig = field(default_factory=lambda: EpisodicConfig(
+        n_query=4, episodes=16, epochs=1, batch_episodes=4, lr=1e-3))
+    episodic_attacker: EpisodicConfig = field(default_factory=lambda: EpisodicConfig(
+        episodes=128, epochs=2, batch_episodes=8, lr=1e-3))
+    obs_episodes: int = 4
+    test_episodes: int = 300
+    meta_share: float = 0.7
     attacker_seed: int = 0
 
     def methods(self) -> list[str]:
@@ -128,9 +155,13 @@ class LTORunConfig:
 
     def validate(self) -> None:
         self.methods()
-        if self.learner not in LEARNERS or self.attacker not in (*LEARNERS, "same"):
-            raise ConfigError(f"learner={self.learner!r}, attacker={self.attacker!r}: use {', '.join(LEARNERS)} "
+        if self.learner not in ALL_LEARNERS or self.attacker not in (*ALL_LEARNERS, "same"):
+            raise ConfigError(f"learner={self.learner!r}, attacker={self.attacker!r}: use {', '.join(ALL_LEARNERS)} "
                               "(attacker also 'same')")
+        if self.attacker != "same" and (self.learner in CLASSICAL) != (self.attacker in CLASSICAL):
+            raise ConfigError("the attacker's learner must be of the defender's family (CLIP or classical)")
+        if self.learner in CLASSICAL and "ssd" in self.methods():
+            raise ConfigError("ssd is run on the CLIP learners only: drop it from --method for a classical learner")
         check_min(self, ("attacker_pool", "defender_pool", "attacker_shots", "templates"))
         if self.attacker_shots > self.attacker_pool:
             raise ConfigError(f"attacker_shots={self.attacker_shots} > attacker_pool={self.attacker_pool}: "
@@ -169,7 +200,7 @@ def resolve(cfg: LTORunConfig, seed: int) -> LTORunConfig:
     cfg = copy.deepcopy(cfg)
     cfg.attacker_seed = seed + ATTACKER
     cfg.lto.seed = seed + DEFENDER
-    cfg.pretrain.seed = seed + PRETRAIN
+    cfg.pretrain.seed = cfg.classical_pretrain.seed = seed + PRETRAIN
     return cfg
 
 
@@ -253,6 +284,40 @@ def _ssd(model: Any, cfg: LTORunConfig, pool: tuple[torch.Tensor, torch.Tensor],
                SSDConfig(alpha=cfg.ssd_alpha, lam=cfg.ssd_lambda), device)
 
 
+def _classical_backbone(cfg: LTORunConfig, ctx: RunContext, data: dict[str, Any]) -> Any:
+    torch.manual_seed(cfg.classical_pretrain.seed)
+    model = create_model(cfg.classical_arch, len(data["classes"]), widths=cfg.classical_widths, device=ctx.device)
+    px, py = data["pretrain"]
+    arr = (px.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+    with ctx.timer("pretrain_classical"):
+        fit_classifier(model, ArrayImageDataset(arr, py.numpy(), data["classes"]), None, cfg.classical_pretrain,
+                       ctx.device, ckpt_dir=ctx.stage_dir("pretrain_classical"), progress=ctx.progress)
+    return model.eval()
+
+
+def _episodic_attacker(cfg: LTORunConfig, data: dict[str, Any], restricted: list[int], kind: str,
+                       device: Any) -> Any:
+    """The classical attacker: meta-train on a seeded 70% of R' (its pool), test on the rest of R' and R."""
+    others = [c for c in range(len(data["classes"])) if c not in restricted]
+    order = torch.randperm(len(others), generator=torch.Generator().manual_seed(cfg.attacker_seed)).tolist()
+    cut = max(cfg.episodic_attacker.n_way, round(cfg.meta_share * len(others)))
+    meta = sorted(others[i] for i in order[:cut])
+    test_classes = sorted(set(others) - set(meta)) + list(restricted)
+    if len(test_classes) < cfg.episodic_attacker.n_way or len(meta) < cfg.episodic_attacker.n_way:
+        raise ConfigError(f"{len(meta)} meta-train and {len(test_classes)} test classes for "
+                          f"{cfg.episodic_attacker.n_way}-way episodes: lower episodic_attacker.n_way or use a dataset with more classes")
+    episodic = replace(cfg.episodic_attacker, head=CLASSICAL[kind])
+    ax, ay = data["attacker_pool"]
+    keep = torch.isin(ay, torch.as_tensor(meta))
+
+    def attack(model: Any) -> dict[str, Any]:
+        return attack_episodic(model, (ax[keep], ay[keep]), data["test"], episodic, meta_classes=meta,
+                               test_classes=test_classes, restricted=restricted, num_episodes=cfg.test_episodes,
+                               seed=cfg.attacker_seed + 1, device=device)
+
+    return attack, {"meta_classes": meta, "test_classes": test_classes}
+
+
 def run(cfg: LTORunConfig, ctx: RunContext) -> dict[str, Any]:
     """Pretrain (offline), then obstruct each restricted superclass with each method and attack it."""
     check_run_folder(cfg, ctx)
@@ -261,19 +326,25 @@ def run(cfg: LTORunConfig, ctx: RunContext) -> dict[str, Any]:
     classes = data["classes"]
     sets = _class_sets(cfg.restricted, classes)
     templates = list(CIFAR_TEMPLATES[:cfg.templates])
-    backbone = _backbone(cfg, ctx, data)
-    defender = learner_config(cfg.learner, "defender", **cfg.defender.given())
+    classical = cfg.learner in CLASSICAL
     attacker_kind = cfg.learner if cfg.attacker == "same" else cfg.attacker
-    attacker: LearnerConfig = learner_config(attacker_kind, "attacker", **cfg.attack.given())
+    backbone = _classical_backbone(cfg, ctx, data) if classical else _backbone(cfg, ctx, data)
+    if not classical:
+        defender = learner_config(cfg.learner, "defender", **cfg.defender.given())
+        attacker: LearnerConfig = learner_config(attacker_kind, "attacker", **cfg.attack.given())
     ax, ay = data["attacker_pool"]
     shots = draw_shots(ay, cfg.attacker_shots, torch.Generator().manual_seed(cfg.attacker_seed))
     superclass_of: dict[str, Sequence[int]] = dict(sets)
     results: dict[str, Any] = {"superclasses": {}, "chance": 100.0 / len(classes), "classes": classes}
     for name, restricted in sets.items():
-        def attack(model: Any, restricted: list[int] = restricted) -> dict[str, Any]:
-            return attack_clip(model, (ax[shots], ay[shots]), data["test"], classes, templates, attacker,
-                               restricted=restricted, seed=cfg.attacker_seed + 1, superclasses=superclass_of,
-                               device=ctx.device)
+        protocol: dict[str, Any] = {}
+        if classical:
+            attack, protocol = _episodic_attacker(cfg, data, restricted, attacker_kind, ctx.device)
+        else:
+            def attack(model: Any, restricted: list[int] = restricted) -> dict[str, Any]:
+                return attack_clip(model, (ax[shots], ay[shots]), data["test"], classes, templates, attacker,
+                                   restricted=restricted, seed=cfg.attacker_seed + 1, superclasses=superclass_of,
+                                   device=ctx.device)
 
         with ctx.timer(f"{name}/attack_reference"):
             reference = attack(backbone)
@@ -288,8 +359,16 @@ def run(cfg: LTORunConfig, ctx: RunContext) -> dict[str, Any]:
                 else:
                     lto_cfg = replace(cfg.lto, method=method)
                     px, py = data["defender_pool"]
-                    task = ClipTask.from_config(model, px, py, classes, templates, restricted, defender, lto_cfg,
-                                                device=ctx.device)
+                    task: Any
+                    if classical:
+                        task = EpisodicTask(model, px, py, restricted,
+                                            replace(cfg.episodic_defender, head=CLASSICAL[cfg.learner]),
+                                            inner_episodes=cfg.episodic_defender.episodes,
+                                            obs_episodes=cfg.obs_episodes, obs_shots=cfg.episodic_defender.k_shot,
+                                            obs_queries=cfg.episodic_defender.n_query, device=ctx.device)
+                    else:
+                        task = ClipTask.from_config(model, px, py, classes, templates, restricted, defender, lto_cfg,
+                                                    device=ctx.device)
                     first = [True]
 
                     def evaluate_fn(m: Any, first: list[bool] = first) -> dict[str, Any]:
@@ -304,7 +383,8 @@ def run(cfg: LTORunConfig, ctx: RunContext) -> dict[str, Any]:
             summary = evaluate(trajectory, cfg.beta)
             per_method[method] = {**summary, "trajectory": [{k: v for k, v in r.items()} for r in trajectory],
                                   "attack_seconds": float(np.mean([r["seconds"] for r in trajectory])), **extra}
-        results["superclasses"][name] = {"restricted": restricted, "reference": reference, "methods": per_method}
+        results["superclasses"][name] = {"restricted": restricted, "reference": reference, "methods": per_method,
+                                         **protocol}
     tag = f"{cfg.beta:g}".replace(".", "_")
     means = {m: float(np.mean([s["methods"][m][f"drop_ratio_at_{tag}"] for s in results["superclasses"].values()]))
              for m in cfg.methods()}
@@ -328,8 +408,8 @@ register_runner(Runner(
     flags=(
         Flag("--dataset", "dataset", "classification spec (folder:PATH, cifar10, cifar100)"),
         Flag("--restricted", "restricted", "superclass name or class list; ';' separates several"),
-        Flag("--learner", "learner", "the defender's few-shot learner", LEARNERS),
-        Flag("--attacker", "attacker", "the attacker's learner (same: the defender's)", (*LEARNERS, "same")),
+        Flag("--learner", "learner", "the defender's few-shot learner", ALL_LEARNERS),
+        Flag("--attacker", "attacker", "the attacker's learner (same: the defender's)", (*ALL_LEARNERS, "same")),
         Flag("--method", "method", "comma list of lto, only-r, nof, ssd, or all"),
     ),
 ))
