@@ -47,6 +47,8 @@ def test_attacker_defender_and_pretraining_streams_are_independent():
         assert cfg.lto.seed not in (cfg.attacker_seed, cfg.attacker_seed + 1)
     d = dataclasses.asdict(cfg)
     assert d["attacker_seed"] == 3 and d["lto"]["seed"] == 13
+    # the public backbone's offline stand-in is one artefact: the same for every seed
+    assert RUNNERS["lto"].resolve(ob.config_for("lto", "quick"), 0).pretrain.seed == cfg.pretrain.seed
 
 
 @pytest.mark.parametrize("args,needle", [

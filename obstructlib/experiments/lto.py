@@ -42,7 +42,10 @@ from obstructlib.profiles import Profile
 METHODS = ("lto", "only-r", "nof", "ssd")
 CLASSICAL = {"protonet": "proto", "metaoptnet": "svm", "metaoptnet-ridge": "ridge"}  # learner -> episodic head
 ALL_LEARNERS = (*LEARNERS, *CLASSICAL)
-ATTACKER, DEFENDER, PRETRAIN = 0, 10, 20  # seed offsets: independent streams
+ATTACKER, DEFENDER = 0, 10  # seed offsets: independent streams
+# The offline stand-in for the public pretrained backbone is one fixed artefact, like CLIP RN50's
+# released weights: its seed does not follow --seed, so seeds vary the defender and the attacker only.
+PRETRAIN_SEED = 12_345
 
 # superclasses by dataset class names (CIFAR-10 has none of its own; CIFAR-100's coarse labels do)
 SUPERCLASSES: dict[str, tuple[str, ...]] = {
@@ -196,11 +199,14 @@ class LTORunConfig:
 
 
 def resolve(cfg: LTORunConfig, seed: int) -> LTORunConfig:
-    """Independent streams: the attacker ``seed``, the defender ``seed + 10``, the pretraining ``seed + 20``."""
+    """Independent streams: the attacker ``seed`` (its shots; its learner ``seed + 1``), the defender ``seed + 10``.
+
+    The offline pretraining (the public backbone's stand-in) always uses :data:`PRETRAIN_SEED`.
+    """
     cfg = copy.deepcopy(cfg)
     cfg.attacker_seed = seed + ATTACKER
     cfg.lto.seed = seed + DEFENDER
-    cfg.pretrain.seed = cfg.classical_pretrain.seed = seed + PRETRAIN
+    cfg.pretrain.seed = cfg.classical_pretrain.seed = PRETRAIN_SEED
     return cfg
 
 
@@ -305,7 +311,8 @@ def _episodic_attacker(cfg: LTORunConfig, data: dict[str, Any], restricted: list
     test_classes = sorted(set(others) - set(meta)) + list(restricted)
     if len(test_classes) < cfg.episodic_attacker.n_way or len(meta) < cfg.episodic_attacker.n_way:
         raise ConfigError(f"{len(meta)} meta-train and {len(test_classes)} test classes for "
-                          f"{cfg.episodic_attacker.n_way}-way episodes: lower episodic_attacker.n_way or use a dataset with more classes")
+                          f"{cfg.episodic_attacker.n_way}-way episodes: lower episodic_attacker.n_way "
+                          "or use a dataset with more classes")
     episodic = replace(cfg.episodic_attacker, head=CLASSICAL[kind])
     ax, ay = data["attacker_pool"]
     keep = torch.isin(ay, torch.as_tensor(meta))
