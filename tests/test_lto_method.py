@@ -243,3 +243,26 @@ def test_lto_lowers_restricted_accuracy_of_the_adapted_model_on_a_toy_clip(clip)
     res = obstruct(task, cfg)
     assert res.losses[-1]["loss_r"] > res.losses[0]["loss_r"]
     assert visual_parameters(model)
+
+
+def test_attribute_task_splits_restricted_and_other_losses(clip):
+    import copy
+
+    from obstructlib.methods.lto.attributes import AttributeTask, attack_attributes
+
+    model = copy.deepcopy(clip)
+    x, y = _colours(10)
+    attrs = torch.stack([(y == 0) | (y == 1), y == 2, y == 3], dim=1).long()  # "warm", "blue", "grey"
+    prompts = [("a cold thing.", "a warm thing."), ("not blue.", "blue."), ("colourful.", "grey.")]
+    task = AttributeTask(model, x, attrs, prompts, 1, learner_config("ce", "defender", lr_visual=1e-3),
+                         task_size=20, obs_size=12)
+    g = torch.Generator().manual_seed(0)
+    data = task.sample(g)
+    assert not set(data[0].tolist()) & set(data[1].tolist())
+    losses, is_r = task.losses(None, data, g)
+    assert int(is_r.sum()) == 12 and len(losses) == 12 * 3  # one restricted CE per image, two others
+    out = attack_attributes(model, (x, attrs), (x, attrs), prompts, learner_config("ce", "attacker", epochs=1),
+                            restricted=1, seed=0)
+    assert len(out["auroc"]) == 3 and out["acc_r"] == out["auroc"][1]
+    with pytest.raises(ConfigError, match="restricted attribute"):
+        AttributeTask(model, x, attrs, prompts, 5, learner_config("ce", "defender"), task_size=2, obs_size=2)

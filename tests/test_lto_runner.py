@@ -76,3 +76,19 @@ def test_classical_learners_run_end_to_end(tmp_path, learner):
     assert [r["step"] for r in sc["methods"]["lto"]["trajectory"]] == [0, 1, 2]
     assert not set(sc["meta_classes"]) & set(sc["restricted"])  # the attacker meta-trains on R' only
     assert set(sc["restricted"]) <= set(sc["test_classes"])
+
+
+def test_attribute_mode_runs_on_class_derived_attributes(tmp_path, monkeypatch):
+    from obstructlib.experiments import lto
+
+    # the embedded set's classes stand in for CIFAR-10's: two attributes over its shapes
+    monkeypatch.setattr(lto, "ATTRIBUTES", {
+        "round": (("circle", "ring", "ellipse"), ("a photo of a straight shape.", "a photo of a round shape.")),
+        "bar": (("horizontal bar", "vertical bar"), ("a photo of a blob.", "a photo of a bar.")),
+    })
+    out = tmp_path / "attr"
+    assert main(["lto", "--out", str(out), "--set", "mode=attributes", "--restricted", "round", "--method", "lto",
+                 *TINY, "--set", "attribute_task_size=20", "--set", "attribute_obs_size=20"]) == 0
+    m = json.loads((out / "results.json").read_text())["metrics"]
+    row = m["superclasses"]["round"]["methods"]["lto"]
+    assert len(row["collateral"]) == 2 and "drop_ratio_at_2" in row and "acc_r0" in m

@@ -56,6 +56,32 @@ SUPERCLASSES: dict[str, tuple[str, ...]] = {
 }
 
 
+# The CPU demo of the attribute variant: binary attributes of CIFAR-10 images built from their classes
+# (CelebA, the paper's set, is not offline; ``celeba-attributes`` loads it where it is). Some overlap on
+# purpose (a truck is a vehicle and on a road), so the collateral matrix has something to show.
+ATTRIBUTES: dict[str, tuple[tuple[str, ...], tuple[str, str]]] = {
+    "vehicle": (("airplane", "automobile", "ship", "truck"), ("a photo of an animal.", "a photo of a vehicle.")),
+    "flies": (("airplane", "bird"), ("a photo of something on the ground.", "a photo of something that flies.")),
+    "road": (("automobile", "truck"), ("a photo of something off the road.", "a photo of something on a road.")),
+    "pet": (("cat", "dog"), ("a photo of a wild thing.", "a photo of a pet.")),
+    "hoofed": (("deer", "horse"), ("a photo of something without hooves.", "a photo of a hoofed animal.")),
+    "water": (("ship", "frog"), ("a photo of something dry.", "a photo of something in the water.")),
+}
+
+
+def attribute_table(classes: Sequence[str], names: Sequence[str]) -> tuple[torch.Tensor, list[tuple[str, str]]]:
+    """``(C, A)`` 0/1 class-to-attribute table and the prompt pairs of the named :data:`ATTRIBUTES`."""
+    table = torch.zeros(len(classes), len(names), dtype=torch.long)
+    for j, name in enumerate(names):
+        members, _ = ATTRIBUTES[name]
+        missing = [m for m in members if m not in classes]
+        if missing:
+            raise ConfigError(f"attribute {name!r} needs classes {missing} the dataset lacks: use CIFAR-10")
+        for m in members:
+            table[list(classes).index(m), j] = 1
+    return table, [ATTRIBUTES[n][1] for n in names]
+
+
 @dataclass
 class LearnerOverrides:
     """Changes to a learner's official recipe (:func:`~obstructlib.methods.lto.learner_config`); None keeps it."""
@@ -111,6 +137,12 @@ class LTORunConfig:
         test_episodes: the attacker's test episodes (the paper: 1000).
         meta_share: share of R' classes the classical attacker meta-trains on (0.7); the rest are
             test-other.
+        mode: ``classes`` (restricted classes) or ``attributes`` (the CelebA-style variant on the
+            class-derived attributes of :data:`ATTRIBUTES`: ``--restricted`` names the obstructed
+            attributes, each run separately; the pools are per class, so raise ``attacker_pool`` and
+            ``defender_pool`` to about 100: the attacker is not few-shot there).
+        attribute_task_size / attribute_obs_size: the per-step split of the defender's pool in
+            ``attributes`` mode (the official 1,000 / 1,000 of CelebA's 16k).
         attacker_seed: the attacker's stream (set from ``--seed``).
     """
 
@@ -146,6 +178,9 @@ class LTORunConfig:
         episodes=128, epochs=2, batch_episodes=8, lr=1e-3))
     obs_episodes: int = 4
     test_episodes: int = 300
+    mode: str = "classes"
+    attribute_task_size: int = 200
+    attribute_obs_size: int = 200
     meta_share: float = 0.7
     attacker_seed: int = 0
 
@@ -158,6 +193,8 @@ class LTORunConfig:
 
     def validate(self) -> None:
         self.methods()
+        if self.mode not in ("classes", "attributes"):
+            raise ConfigError(f"mode={self.mode!r}: use classes or attributes")
         if self.learner not in ALL_LEARNERS or self.attacker not in (*ALL_LEARNERS, "same"):
             raise ConfigError(f"learner={self.learner!r}, attacker={self.attacker!r}: use {', '.join(ALL_LEARNERS)} "
                               "(attacker also 'same')")
@@ -329,11 +366,80 @@ def _episodic_attacker(cfg: LTORunConfig, data: dict[str, Any], restricted: list
     return attack, {"meta_classes": meta, "test_classes": test_classes}
 
 
+def _run_attributes(cfg: LTORunConfig, ctx: RunContext, data: dict[str, Any]) -> dict[str, Any]:
+    """The attribute variant: per obstructed attribute and method, the AUROC trajectory and the collateral row."""
+    from obstructlib.methods.lto.attributes import AttributeTask, attack_attributes
+    from obstructlib.metrics.attributes import collateral_matrix
+
+    names = list(ATTRIBUTES)
+    targets = [t.strip() for t in (cfg.restricted or names[0]).split(";") if t.strip()]
+    bad = [t for t in targets if t not in names]
+    if bad:
+        raise ConfigError(f"unknown attribute {bad[0]!r}: use one of {', '.join(names)}")
+    table, prompts = attribute_table(data["classes"], names)
+    backbone = _backbone(cfg, ctx, data)
+    defender = learner_config("ce", "defender", **cfg.defender.given())
+    attacker = learner_config("ce", "attacker", **cfg.attack.given())
+    (ax, ay), (px, py), (tx, ty) = data["attacker_pool"], data["defender_pool"], data["test"]
+    results: dict[str, Any] = {"attributes": names, "superclasses": {}}
+    for target in targets:
+        r = names.index(target)
+
+        def attack(model: Any, r: int = r) -> dict[str, Any]:
+            return attack_attributes(model, (ax, table[ay]), (tx, table[ty]), prompts, attacker, restricted=r,
+                                     seed=cfg.attacker_seed + 1, device=ctx.device)
+
+        with ctx.timer(f"{target}/attack_reference"):
+            reference = attack(backbone)
+        per_method: dict[str, Any] = {}
+        for method in [m for m in cfg.methods() if m != "ssd"]:
+            model = copy.deepcopy(backbone)
+            lto_cfg = replace(cfg.lto, method=method)
+            task = AttributeTask(model, px, table[py], prompts, r, defender, task_size=cfg.attribute_task_size,
+                                 obs_size=cfg.attribute_obs_size, device=ctx.device)
+            first = [True]
+
+            def evaluate_fn(m: Any, first: list[bool] = first) -> dict[str, Any]:
+                if first[0]:
+                    first[0] = False
+                    return reference
+                return attack(m)
+
+            with ctx.timer(f"{target}/{method}"):
+                res = obstruct(task, lto_cfg, evaluate=evaluate_fn, ckpt_dir=ctx.stage_dir(f"attr-{target}-{method}"),
+                               progress=ctx.progress)
+            summary = evaluate(res.trajectory, cfg.beta)
+            k = int(round(summary["operating_point_nearest"]["step"]))
+            at = next(row for row in res.trajectory if row["step"] == k)
+            collateral = collateral_matrix(np.asarray(reference["auroc"]), np.asarray([at["auroc"]]), [r])[0]
+            per_method[method] = {**summary, "trajectory": res.trajectory, "collateral": collateral.tolist(),
+                                  "seconds_per_step": res.seconds_per_step}
+        results["superclasses"][target] = {"restricted": [r], "reference": reference, "methods": per_method}
+    return _with_primary(results, cfg, [m for m in cfg.methods() if m != "ssd"])
+
+
+def _with_primary(results: dict[str, Any], cfg: LTORunConfig, methods: list[str]) -> dict[str, Any]:
+    """The contract's top-level metrics: the first superclass's first method, and each method's mean."""
+    tag = f"{cfg.beta:g}".replace(".", "_")
+    means = {m: float(np.mean([s["methods"][m][f"drop_ratio_at_{tag}"] for s in results["superclasses"].values()]))
+             for m in methods}
+    primary = next(iter(results["superclasses"].values()))["methods"][methods[0]]
+    results.update({
+        "acc_r0": primary["acc_r0"], "acc_o0": primary["acc_o0"], "trajectory": primary["trajectory"],
+        f"drop_ratio_at_{tag}": primary[f"drop_ratio_at_{tag}"],
+        f"drop_ratio_at_{tag}_nearest": primary[f"drop_ratio_at_{tag}_nearest"],
+        f"mean_drop_ratio_at_{tag}": means, "primary_method": methods[0],
+    })
+    return results
+
+
 def run(cfg: LTORunConfig, ctx: RunContext) -> dict[str, Any]:
     """Pretrain (offline), then obstruct each restricted superclass with each method and attack it."""
     check_run_folder(cfg, ctx)
     with ctx.timer("data"):
         data = _data(cfg, ctx)
+    if cfg.mode == "attributes":
+        return _run_attributes(cfg, ctx, data)
     classes = data["classes"]
     sets = _class_sets(cfg.restricted, classes)
     templates = list(CIFAR_TEMPLATES[:cfg.templates])
@@ -396,18 +502,7 @@ def run(cfg: LTORunConfig, ctx: RunContext) -> dict[str, Any]:
                                   "attack_seconds": float(np.mean([r["seconds"] for r in trajectory])), **extra}
         results["superclasses"][name] = {"restricted": restricted, "reference": reference, "methods": per_method,
                                          **protocol}
-    tag = f"{cfg.beta:g}".replace(".", "_")
-    means = {m: float(np.mean([s["methods"][m][f"drop_ratio_at_{tag}"] for s in results["superclasses"].values()]))
-             for m in cfg.methods()}
-    first_sc = next(iter(results["superclasses"].values()))
-    primary = first_sc["methods"][cfg.methods()[0]]
-    results.update({
-        "acc_r0": primary["acc_r0"], "acc_o0": primary["acc_o0"], "trajectory": primary["trajectory"],
-        f"drop_ratio_at_{tag}": primary[f"drop_ratio_at_{tag}"],
-        f"drop_ratio_at_{tag}_nearest": primary[f"drop_ratio_at_{tag}_nearest"],
-        f"mean_drop_ratio_at_{tag}": means, "primary_method": cfg.methods()[0],
-    })
-    return results
+    return _with_primary(results, cfg, cfg.methods())
 
 
 register_runner(Runner(

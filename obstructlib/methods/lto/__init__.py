@@ -7,6 +7,7 @@
 - the learner side: :class:`ClipTask` (CE, CoOp, Tip-Adapter-F: :func:`learner_config`,
   :func:`fit_learner`) and :class:`EpisodicTask` (ProtoNet and MetaOptNet in
   :mod:`~obstructlib.methods.lto.classical`: :func:`meta_train`, :func:`svm_logits`, :func:`ridge_logits`);
+- the attribute variant: :class:`AttributeTask`, :func:`attack_attributes` (AUROC per attribute);
 - SSD (:func:`ssd`), the unlearning baseline;
 - the evaluation protocol: :func:`attack_clip`, :func:`attack_episodic` and :func:`evaluate`
   (DropRatio@beta from :mod:`obstructlib.metrics`).
@@ -16,6 +17,7 @@ References:
     ECCV 2024, arXiv:2409.19210.
 """
 
+from obstructlib.methods.lto.attributes import AttributeTask, attack_attributes, attribute_logits, fit_attributes
 from obstructlib.methods.lto.classical import (
     HEADS,
     EpisodicConfig,
@@ -59,6 +61,7 @@ Config = LTOConfig
 Result = LTOResult
 
 __all__ = [
+    "AttributeTask", "attack_attributes", "attribute_logits", "fit_attributes",
     "CIFAR_TEMPLATES", "HEADS", "LEARNERS", "METHODS", "Adapted", "ClipTask", "Config", "EpisodicConfig",
     "EpisodicHead", "EpisodicTask", "LTOConfig", "LTOResult", "LearnerConfig", "ObstructionTask", "Result",
     "SSDConfig", "attack_clip", "attack_episodic", "class_embeddings", "draw_shots", "episode_losses", "evaluate",
