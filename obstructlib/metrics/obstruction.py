@@ -27,7 +27,7 @@ from obstructlib.errors import ConfigError
 
 __all__ = ["drop_ratio_at", "drop_ratios", "mean_drop_ratio", "operating_point"]
 
-METHODS = ("interpolate", "nearest")
+METHODS = ("interpolate", "nearest", "within")
 
 
 def _trajectory(trajectory: Any) -> np.ndarray:
@@ -80,6 +80,11 @@ def operating_point(beta: float, trajectory: Any, method: str = "interpolate") -
       (absolute difference; the official plotting tool forgot the absolute value and so picked the
       checkpoint with the *largest* R' drop), ratio ``drop_r / drop_o`` there.
 
+    - ``within``: the evaluated checkpoint with the largest ``drop_r`` among those whose ``drop_o``
+      is at most ``beta``, ratio ``drop_r / beta``: the R-drop a defender gets for at most beta
+      points of R'. Unlike the two above it is not thrown by one noisy early dip of Acc_O below
+      beta; it is our addition (not the paper's), reported beside them.
+
     When no checkpoint reaches ``beta`` (``reached`` is False) both rules use the checkpoint with
     the largest ``drop_o`` and divide its ``drop_r`` by ``beta``: the R-drop bought for at most
     beta points of R', a conservative figure. When no checkpoint drops R' at all (the official
@@ -89,7 +94,7 @@ def operating_point(beta: float, trajectory: Any, method: str = "interpolate") -
         beta: the tolerated drop on R' in percentage points, > 0 (the paper: 2).
         trajectory: rows ``(step, acc_r, acc_o)`` (or dicts), accuracies in percent, the step-0
             reference first.
-        method: ``interpolate`` or ``nearest``.
+        method: ``interpolate``, ``nearest`` or ``within``.
 
     Returns:
         ``{"ratio", "step", "drop_r", "drop_o", "reached", "no_drop"}``; ``step`` is fractional
@@ -107,6 +112,13 @@ def operating_point(beta: float, trajectory: Any, method: str = "interpolate") -
     arr = _trajectory(trajectory)
     steps, drop_r, drop_o = arr[:, 0], arr[0, 1] - arr[:, 1], arr[0, 2] - arr[:, 2]
     reached = bool(np.any(drop_o[1:] >= beta))
+    if method == "within":
+        ok = np.flatnonzero(drop_o[1:] <= beta) + 1
+        if len(ok) == 0:  # every checkpoint already costs more than beta: the least costly one
+            ok = np.array([1 + int(np.argmin(drop_o[1:]))])
+        k = int(ok[np.argmax(drop_r[ok])])
+        return {"ratio": float(drop_r[k] / beta), "step": float(steps[k]), "drop_r": float(drop_r[k]),
+                "drop_o": float(drop_o[k]), "reached": reached, "no_drop": bool(np.all(drop_o[1:] <= 0))}
     if not reached:
         k = 1 + int(np.argmax(drop_o[1:]))
         return {"ratio": float(drop_r[k] / beta), "step": float(steps[k]), "drop_r": float(drop_r[k]),
@@ -131,15 +143,16 @@ def drop_ratio_at(beta: float, trajectory: Any, method: str = "interpolate") -> 
     Args:
         beta: tolerated drop on R' in percentage points (> 0; the paper: 2).
         trajectory: rows ``(step, acc_r, acc_o)`` in percent, the step-0 reference first.
-        method: ``interpolate`` (linear, at the first crossing) or ``nearest`` (paper-style).
+        method: ``interpolate`` (linear, at the first crossing), ``nearest`` (paper-style) or
+            ``within`` (the best checkpoint costing at most beta; ours).
 
     References:
         arXiv:2409.19210 (Delta@beta, beta = 2).
 
     Example:
         >>> traj = [(0, 60, 50), (10, 55, 49), (20, 40, 47)]
-        >>> drop_ratio_at(2.0, traj), drop_ratio_at(2.0, traj, "nearest")
-        (6.25, 5.0)
+        >>> drop_ratio_at(2.0, traj), drop_ratio_at(2.0, traj, "nearest"), drop_ratio_at(2.0, traj, "within")
+        (6.25, 5.0, 2.5)
     """
     return float(operating_point(beta, trajectory, method)["ratio"])
 

@@ -140,14 +140,16 @@ def evaluate(trajectory: Sequence[dict[str, Any]], beta: float = 2.0) -> dict[st
     """DropRatio@beta of a trajectory, interpolated and nearest-checkpoint, with the operating points.
 
     Returns:
-        ``{"acc_r0", "acc_o0", "drop_ratio_at_<beta>", "drop_ratio_at_<beta>_nearest", "operating_point",
-        "operating_point_nearest"}`` (``<beta>`` printed like ``2`` or ``0.5``).
+        ``{"acc_r0", "acc_o0", "drop_ratio_at_<beta>", "drop_ratio_at_<beta>_nearest",
+        "drop_ratio_at_<beta>_within", "operating_point", "operating_point_nearest",
+        "operating_point_within"}`` (``<beta>`` printed like ``2`` or ``0.5``).
     """
     rows = [(r["step"], r["acc_r"], r["acc_o"]) for r in trajectory]
     tag = f"{beta:g}".replace(".", "_")
     point = operating_point(beta, rows, "interpolate")
     nearest = operating_point(beta, rows, "nearest")
+    within = operating_point(beta, rows, "within")
     arr = np.asarray(rows, dtype=float)
     return {"acc_r0": float(arr[0, 1]), "acc_o0": float(arr[0, 2]), f"drop_ratio_at_{tag}": point["ratio"],
-            f"drop_ratio_at_{tag}_nearest": nearest["ratio"], "operating_point": point,
-            "operating_point_nearest": nearest}
+            f"drop_ratio_at_{tag}_nearest": nearest["ratio"], f"drop_ratio_at_{tag}_within": within["ratio"],
+            "operating_point": point, "operating_point_nearest": nearest, "operating_point_within": within}
