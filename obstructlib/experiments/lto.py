@@ -227,16 +227,28 @@ class LTORunConfig:
         - colab: RN50 ``openai`` at 224 px on the profile's set, the official rates, 100 outer steps.
         - paper: the official CIFAR100 settings (100 outer steps, lr 1e-6, evaluation every 20).
         """
-        if profile.name == "quick":
-            return cls(dataset=profile.image_dataset,
-                       pretrain=ClipTrainConfig(steps=600, batch_size=128, lr=1e-3, weight_decay=0.2, warmup_steps=50,
-                                                log_every=50, ckpt_every=200),
-                       defender=LearnerOverrides(lr_visual=1e-4), attack=LearnerOverrides(lr_visual=1e-4),
-                       lto=LTOConfig(steps=60, lr=3e-4, eval_every=5, ckpt_every=5))
-        paper = profile.name == "paper"
-        return cls(dataset=profile.image_dataset if not paper else "cifar100", arch="RN50", pretrained="openai",
-                   image_size=224, context_length=None, pretrain_samples=0, test_samples=None if paper else 2_000,
-                   lto=LTOConfig(steps=100, lr=1e-6, eval_every=20))
+        return _PROFILE_TABLE[profile.name](cls, profile)
+
+
+def _quick(cls: type, profile: Profile) -> LTORunConfig:
+    return cls(dataset=profile.image_dataset,
+               pretrain=ClipTrainConfig(steps=600, batch_size=128, lr=1e-3, weight_decay=0.2, warmup_steps=50,
+                                        log_every=50, ckpt_every=200),
+               defender=LearnerOverrides(lr_visual=1e-4), attack=LearnerOverrides(lr_visual=1e-4),
+               lto=LTOConfig(steps=60, lr=3e-4, eval_every=5, ckpt_every=5))
+
+
+def _colab(cls: type, profile: Profile) -> LTORunConfig:
+    return cls(dataset=profile.image_dataset, arch="RN50", pretrained="openai", image_size=224, context_length=None,
+               pretrain_samples=0, test_samples=2_000, lto=LTOConfig(steps=100, lr=1e-6, eval_every=20))
+
+
+def _paper(cls: type, profile: Profile) -> LTORunConfig:
+    return cls(dataset="cifar100", arch="RN50", pretrained="openai", image_size=224, context_length=None,
+               pretrain_samples=0, test_samples=None, lto=LTOConfig(steps=100, lr=1e-6, eval_every=20))
+
+
+_PROFILE_TABLE = {"quick": _quick, "colab": _colab, "paper": _paper}
 
 
 def resolve(cfg: LTORunConfig, seed: int) -> LTORunConfig:
