@@ -92,3 +92,17 @@ def test_attribute_mode_runs_on_class_derived_attributes(tmp_path, monkeypatch):
     m = json.loads((out / "results.json").read_text())["metrics"]
     row = m["superclasses"]["round"]["methods"]["lto"]
     assert len(row["collateral"]) == 2 and "drop_ratio_at_2" in row and "acc_r0" in m
+
+
+def test_superclasses_come_from_the_dataset_or_the_table():
+    from obstructlib.errors import ConfigError
+    from obstructlib.experiments.lto import _class_sets
+
+    classes = ["circle", "ring", "ellipse", "square", "plus"]
+    own = {"round": ("circle", "ring", "ellipse"), "other": ("square", "plus")}
+    assert _class_sets("", classes, own) == {"other": [3, 4]}  # the first superclass is kept for validation
+    assert _class_sets("round;0,4", classes, own) == {"round": [0, 1, 2], "0,4": [0, 4]}
+    cifar = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    assert _class_sets("", cifar) == {"vehicles": [0, 1, 8, 9]}
+    with pytest.raises(ConfigError, match="some but not all"):
+        _class_sets("0,1,2,3,4", classes, own)

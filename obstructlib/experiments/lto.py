@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from obstructlib.data import load_dataset, seeded_subset, templated_captions
 from obstructlib.data.base import ArrayImageDataset
+from obstructlib.data.labels import superclass_map, superclass_names
 from obstructlib.engine import ClassifierTrainConfig, ClipTrainConfig, fit_classifier, fit_clip
 from obstructlib.errors import ConfigError, check_min
 from obstructlib.experiments import Flag, RunContext, Runner, register_runner
@@ -263,13 +264,21 @@ def resolve(cfg: LTORunConfig, seed: int) -> LTORunConfig:
     return cfg
 
 
-def _class_sets(spec: str, classes: list[str]) -> dict[str, list[int]]:
-    """``vehicles;0,1`` -> {"vehicles": [...], "0,1": [0, 1]} (class indices)."""
+def _class_sets(spec: str, classes: list[str],
+                own: dict[str, tuple[str, ...]] | None = None) -> dict[str, list[int]]:
+    """``vehicles;0,1`` -> {"vehicles": [...], "0,1": [0, 1]} (class indices).
+
+    Superclass names are the dataset's own (CIFAR-100's 20 coarse labels, the synthetic set's) and
+    :data:`SUPERCLASSES`; empty: the first superclass whose classes the dataset has (for a dataset
+    with its own superclasses, its second: the first is kept for validation, as the official id 0).
+    """
+    table = {**SUPERCLASSES, **(own or {})}
     if not spec.strip():
-        spec = next((k for k, v in SUPERCLASSES.items() if set(v) <= set(classes)), "")
+        spec = list(own)[1] if own and len(own) > 1 else next(
+            (k for k, v in SUPERCLASSES.items() if set(v) <= set(classes)), "")
     out: dict[str, list[int]] = {}
     for part in [p.strip() for p in spec.split(";") if p.strip()]:
-        names = SUPERCLASSES.get(part, tuple(x.strip() for x in part.split(",")))
+        names = table.get(part, tuple(x.strip() for x in part.split(",")))
         idx = []
         for n in names:
             if n.isdigit() and int(n) < len(classes):
@@ -278,7 +287,7 @@ def _class_sets(spec: str, classes: list[str]) -> dict[str, list[int]]:
                 idx.append(classes.index(n))
             else:
                 raise ConfigError(f"restricted class {n!r} is not in the dataset ({', '.join(classes[:12])}...): "
-                                  f"name classes, indices or a superclass of {', '.join(SUPERCLASSES)}")
+                                  f"name classes, indices or a superclass of {', '.join(table)}")
         if not 0 < len(idx) < len(classes):
             raise ConfigError(f"restricted set {part!r} must hold some but not all classes")
         out[part] = sorted(set(idx))
@@ -306,7 +315,10 @@ def _data(cfg: LTORunConfig, ctx: RunContext) -> dict[str, Any]:
     rest = torch.ones(len(y), dtype=torch.bool)
     rest[torch.cat([atk, dfn])] = False
     tx, ty = _tensors(seeded_subset(test, cfg.test_samples, seed=0))
-    return {"classes": classes, "attacker_pool": (x[atk], y[atk]), "defender_pool": (x[dfn], y[dfn]),
+    coarse, coarse_names = superclass_map(train), superclass_names(train)
+    own = None if coarse is None or coarse_names is None else {
+        n: tuple(classes[c] for c in range(len(classes)) if coarse[c] == k) for k, n in enumerate(coarse_names)}
+    return {"classes": classes, "superclasses": own, "attacker_pool": (x[atk], y[atk]), "defender_pool": (x[dfn], y[dfn]),
             "pretrain": (x[rest], y[rest]), "test": (tx, ty)}
 
 
@@ -453,7 +465,7 @@ def run(cfg: LTORunConfig, ctx: RunContext) -> dict[str, Any]:
     if cfg.mode == "attributes":
         return _run_attributes(cfg, ctx, data)
     classes = data["classes"]
-    sets = _class_sets(cfg.restricted, classes)
+    sets = _class_sets(cfg.restricted, classes, data["superclasses"])
     templates = list(CIFAR_TEMPLATES[:cfg.templates])
     classical = cfg.learner in CLASSICAL
     attacker_kind = cfg.learner if cfg.attacker == "same" else cfg.attacker
