@@ -318,7 +318,8 @@ def _data(cfg: LTORunConfig, ctx: RunContext) -> dict[str, Any]:
     coarse, coarse_names = superclass_map(train), superclass_names(train)
     own = None if coarse is None or coarse_names is None else {
         n: tuple(classes[c] for c in range(len(classes)) if coarse[c] == k) for k, n in enumerate(coarse_names)}
-    return {"classes": classes, "superclasses": own, "attacker_pool": (x[atk], y[atk]), "defender_pool": (x[dfn], y[dfn]),
+    return {"classes": classes, "superclasses": own, "attacker_pool": (x[atk], y[atk]),
+            "defender_pool": (x[dfn], y[dfn]),
             "pretrain": (x[rest], y[rest]), "test": (tx, ty)}
 
 
