@@ -372,7 +372,9 @@ def _episodic_attacker(cfg: LTORunConfig, data: dict[str, Any], restricted: list
     """The classical attacker: meta-train on a seeded 70% of R' (its pool), test on the rest of R' and R."""
     others = [c for c in range(len(data["classes"])) if c not in restricted]
     order = torch.randperm(len(others), generator=torch.Generator().manual_seed(cfg.attacker_seed)).tolist()
-    cut = max(cfg.episodic_attacker.n_way, round(cfg.meta_share * len(others)))
+    n_way = cfg.episodic_attacker.n_way
+    # meta_share of R', but at least n_way classes, and leaving test-other + R at least n_way classes
+    cut = min(max(n_way, round(cfg.meta_share * len(others))), len(others) - max(0, n_way - len(restricted)))
     meta = sorted(others[i] for i in order[:cut])
     test_classes = sorted(set(others) - set(meta)) + list(restricted)
     if len(test_classes) < cfg.episodic_attacker.n_way or len(meta) < cfg.episodic_attacker.n_way:
