@@ -35,8 +35,8 @@ def split_accuracy(preds: torch.Tensor, labels: torch.Tensor, restricted: Sequen
     """Top-1 accuracy in percent: overall, on R (``acc_r``), on the rest (``acc_o``), per superclass.
 
     Example:
-        >>> split_accuracy(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2]), [0])["acc_o"]
-        66.66666666666667
+        >>> round(split_accuracy(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2]), [0])["acc_o"], 2)
+        66.67
     """
     preds, labels = preds.cpu(), labels.cpu()
     correct = (preds == labels).float()
