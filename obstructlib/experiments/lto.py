@@ -424,16 +424,10 @@ def _run_attributes(cfg: LTORunConfig, ctx: RunContext, data: dict[str, Any]) ->
             lto_cfg = replace(cfg.lto, method=method)
             task = AttributeTask(model, px, table[py], prompts, r, defender, task_size=cfg.attribute_task_size,
                                  obs_size=cfg.attribute_obs_size, device=ctx.device)
-            first = [True]
-
-            def evaluate_fn(m: Any, first: list[bool] = first) -> dict[str, Any]:
-                if first[0]:
-                    first[0] = False
-                    return reference
-                return attack(m)
 
             with ctx.timer(f"{target}/{method}"):
-                res = obstruct(task, lto_cfg, evaluate=evaluate_fn, ckpt_dir=ctx.stage_dir(f"attr-{target}-{method}"),
+                res = obstruct(task, lto_cfg, evaluate=attack, reference=reference,
+                               ckpt_dir=ctx.stage_dir(f"attr-{target}-{method}"),
                                progress=ctx.progress)
             summary = evaluate(res.trajectory, cfg.beta)
             k = int(round(summary["operating_point_nearest"]["step"]))
@@ -513,15 +507,9 @@ def run(cfg: LTORunConfig, ctx: RunContext) -> dict[str, Any]:
                     else:
                         task = ClipTask.from_config(model, px, py, classes, templates, restricted, defender, lto_cfg,
                                                     device=ctx.device)
-                    first = [True]
 
-                    def evaluate_fn(m: Any, first: list[bool] = first) -> dict[str, Any]:
-                        if first[0]:  # step 0 is the shared reference run
-                            first[0] = False
-                            return reference
-                        return attack(m)
-
-                    res = obstruct(task, lto_cfg, evaluate=evaluate_fn, ckpt_dir=ctx.stage_dir(f"{name}-{method}"),
+                    res = obstruct(task, lto_cfg, evaluate=attack, reference=reference,
+                               ckpt_dir=ctx.stage_dir(f"{name}-{method}"),
                                    progress=ctx.progress)
                     trajectory, extra = res.trajectory, {"losses": res.losses, "seconds_per_step": res.seconds_per_step}
             summary = evaluate(trajectory, cfg.beta)

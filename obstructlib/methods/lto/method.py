@@ -210,7 +210,8 @@ def _gather(task: ObstructionTask, params: list[nn.Parameter], cfg: LTOConfig, g
 
 def obstruct(task: ObstructionTask, cfg: LTOConfig, *,
              evaluate: Callable[[nn.Module], dict[str, Any]] | None = None,
-             ckpt_dir: str | Path | None = None, progress: bool = False) -> LTOResult:
+             ckpt_dir: str | Path | None = None, progress: bool = False,
+             reference: dict[str, Any] | None = None) -> LTOResult:
     """Run the obstruction loop on ``task.model`` in place; evaluate the attacker along the way.
 
     Args:
@@ -224,6 +225,8 @@ def obstruct(task: ObstructionTask, cfg: LTOConfig, *,
         ckpt_dir: resume from / checkpoint to this directory (the model, the step, the trajectory
             and the defender's generator state).
         progress: show a progress bar.
+        reference: the step-0 row if already measured (shared by several methods); else
+            ``evaluate`` runs on the unobstructed model. Only a fresh run records it.
 
     Returns:
         :class:`LTOResult` with the trajectory (empty without ``evaluate``).
@@ -245,7 +248,7 @@ def obstruct(task: ObstructionTask, cfg: LTOConfig, *,
         result.trajectory, result.losses = list(extra["trajectory"]), list(extra["losses"])
         generator.set_state(extra["generator"])
     if evaluate is not None and not result.trajectory:
-        result.trajectory.append({"step": 0, **evaluate(model)})
+        result.trajectory.append({"step": 0, **(reference if reference is not None else evaluate(model))})
     timed, seconds = 0, 0.0
     for step in tqdm(range(start + 1, cfg.steps + 1), disable=not progress, desc="obstruct", initial=start,
                      total=cfg.steps):
