@@ -29,7 +29,7 @@ from torch import nn
 
 from obstructlib.engine import autocast
 from obstructlib.errors import ConfigError
-from obstructlib.methods.lto.learners import LearnerConfig, model_device, visual_parameters
+from obstructlib.methods.lto.learners import LearnerConfig, model_device, training_only, visual_parameters
 from obstructlib.metrics.attributes import auroc_per_attribute
 from obstructlib.primitives.augment import resized_crop_flip
 
@@ -80,13 +80,7 @@ def fit_attributes(model: Any, images: torch.Tensor, attrs: torch.Tensor, prompt
     for g in groups:
         g["initial_lr"] = g["lr"]
     opt = torch.optim.AdamW(groups, eps=cfg.eps)
-    trained = {id(p) for g in groups for p in g["params"]}
-    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in trained]
-    was_training = model.training
-    model.eval()
-    for p in frozen:
-        p.requires_grad_(False)
-    try:
+    with training_only(model, groups):
         step = 0
         for _ in range(cfg.epochs):
             order = torch.randperm(len(images), generator=generator)
@@ -104,10 +98,6 @@ def fit_attributes(model: Any, images: torch.Tensor, attrs: torch.Tensor, prompt
                 opt.step()
                 step += 1
         opt.zero_grad(set_to_none=True)
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
-        model.train(was_training)
 
 
 @torch.no_grad()

@@ -25,7 +25,8 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -49,6 +50,7 @@ __all__ = [
     "learner_logits",
     "learner_text",
     "model_device",
+    "training_only",
     "visual_parameters",
 ]
 
@@ -274,6 +276,27 @@ def init_learner(model: Any, images: torch.Tensor, labels: torch.Tensor, classna
     return state
 
 
+@contextmanager
+def training_only(model: nn.Module, groups: list[dict[str, Any]]) -> Iterator[None]:
+    """Eval mode (BN statistics frozen, as the bn* parameters are) and gradients only for ``groups``.
+
+    The text transformer, logit scale and bn* get no gradient work and no stray ``.grad``; mode and
+    ``requires_grad`` flags are restored on exit.
+    """
+    was_training = model.training
+    trained = {id(p) for g in groups for p in g["params"]}
+    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in trained]
+    model.eval()
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+        model.train(was_training)
+
+
 def _groups(model: Any, state: Adapted, cfg: LearnerConfig) -> tuple[list[dict], list[dict]]:
     """(AdamW groups, SGD groups) of what the learner trains."""
     adamw = [{"params": [p for _, p in visual_parameters(model)], "lr": cfg.lr_visual}]
@@ -317,18 +340,8 @@ def fit_learner(model: Any, images: torch.Tensor, labels: torch.Tensor, classnam
     opts: list[torch.optim.Optimizer] = [torch.optim.AdamW(adamw_groups, eps=cfg.eps)]
     if sgd_groups:
         opts.append(torch.optim.SGD(sgd_groups, momentum=0.9, weight_decay=5e-4))
-    was_training = model.training
-    model.eval()  # BN statistics frozen, as the bn* parameters are
-    trained = {id(p) for g in adamw_groups for p in g["params"]}
-    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in trained]
-    for p in frozen:  # the text transformer, logit scale and bn*: no gradient work, no stray .grad
-        p.requires_grad_(False)
-    try:
+    with training_only(model, adamw_groups):
         _run(model, state, images, labels, cfg, opts, generator, device, per_epoch, total)
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
-        model.train(was_training)
     if state.ctx is not None:
         state.ctx = state.ctx.detach().requires_grad_(False)
     if state.adapter is not None:
