@@ -3,7 +3,8 @@
 - :class:`Config` / :class:`Result` and :func:`obstruct`: the first-order obstruction loop (ascend the
   restricted-class loss, descend the other-class loss, both at the weights the few-shot learner
   reached from the current backbone; restore; update), with the baselines ``only-r`` and ``nof`` as
-  its ``method``;
+  its ``method``; ``order=2`` differentiates through an unrolled inner run instead
+  (:func:`unrolled_gradients`, small models);
 - the learner side: :class:`ClipTask` (CE, CoOp, Tip-Adapter-F: :func:`learner_config`,
   :func:`fit_learner`) and :class:`EpisodicTask` (ProtoNet and MetaOptNet in
   :mod:`~obstructlib.methods.lto.classical`: :func:`meta_train`, :func:`svm_logits`, :func:`ridge_logits`);
@@ -54,6 +55,7 @@ from obstructlib.methods.lto.method import (
     restore,
     snapshot,
 )
+from obstructlib.methods.lto.second_order import call_with, unrolled_gradients
 from obstructlib.methods.lto.ssd import SSDConfig, fisher_diagonal, ssd
 from obstructlib.methods.lto.tasks import ClipTask, EpisodicTask, draw_shots
 
@@ -64,8 +66,9 @@ __all__ = [
     "AttributeTask", "attack_attributes", "attribute_logits", "fit_attributes",
     "CIFAR_TEMPLATES", "HEADS", "LEARNERS", "METHODS", "Adapted", "ClipTask", "Config", "EpisodicConfig",
     "EpisodicHead", "EpisodicTask", "LTOConfig", "LTOResult", "LearnerConfig", "ObstructionTask", "Result",
-    "SSDConfig", "attack_clip", "attack_episodic", "class_embeddings", "draw_shots", "episode_losses", "evaluate",
+    "SSDConfig", "attack_clip", "attack_episodic", "call_with", "class_embeddings", "draw_shots", "episode_losses",
+    "evaluate",
     "evaluate_episodes", "fisher_diagonal", "fit_learner", "init_learner", "learner_config", "learner_logits",
     "learner_text", "meta_train", "obstruct", "per_class_pools", "proto_logits", "restore", "ridge_logits",
-    "snapshot", "split_accuracy", "ssd", "svm_dual", "svm_logits", "visual_parameters",
+    "snapshot", "split_accuracy", "ssd", "svm_dual", "svm_logits", "unrolled_gradients", "visual_parameters",
 ]

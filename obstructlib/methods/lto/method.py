@@ -70,6 +70,9 @@ class LTOConfig:
         obs_batch: obstruction images per forward pass (128).
         token_ratio: share of class names with gradients when gathering (0.2; CLIP learners).
         num_templates: random templates of the gathering classifier (1; CLIP learners).
+        order: 1, the first-order loop (the paper's); 2, exact gradients through an unrolled
+            plain-SGD inner run (:mod:`~obstructlib.methods.lto.second_order`; small models, CE).
+        inner_steps / inner_lr: the unrolled inner run of ``order=2`` (SGD steps and rate).
         eval_every: outer steps between attacker evaluations (the trajectory's resolution).
         ckpt_every: outer steps between checkpoints (also written after every evaluation).
         seed: the defender's stream (task draws, inner runs).
@@ -91,6 +94,9 @@ class LTOConfig:
     obs_batch: int = 128
     token_ratio: float = 0.2
     num_templates: int = 1
+    order: int = 1
+    inner_steps: int = 1
+    inner_lr: float = 1e-2
     eval_every: int = 20
     ckpt_every: int = 20
     seed: int = 10
@@ -102,6 +108,11 @@ class LTOConfig:
             raise ConfigError(f"unknown scope {self.scope!r}: use one of {', '.join(SCOPES)}")
         check_min(self, ("steps",), 0)
         check_min(self, ("tasks_per_step", "k_learn", "k_obs", "eval_every", "ckpt_every", "obs_batch"))
+        if self.order not in (1, 2):
+            raise ConfigError(f"order={self.order}: use 1 (first-order, the paper's) or 2 (unrolled, small models)")
+        check_min(self, ("inner_steps",), 0)
+        if not self.inner_lr >= 0:
+            raise ConfigError(f"inner_lr={self.inner_lr}: use a rate >= 0")
         if self.lr < 0 or self.grad_clip <= 0:
             raise ConfigError(f"lr={self.lr}, grad_clip={self.grad_clip}: use lr >= 0 and grad_clip > 0")
 
@@ -192,6 +203,16 @@ def _gather(task: ObstructionTask, params: list[nn.Parameter], cfg: LTOConfig, g
             ) -> tuple[list[torch.Tensor], list[torch.Tensor], dict[str, float]]:
     """One task: inner run, then g_R and g_O (sample-weighted means over D_obs) at the adapted weights."""
     data = task.sample(generator)
+    if cfg.order == 2:
+        functional = getattr(task, "functional", None)
+        if functional is None:
+            raise ConfigError(f"lto.order=2 needs a task that unrolls its learner; {type(task).__name__} does not: "
+                              "use lto.order=1")
+        from obstructlib.methods.lto.second_order import unrolled_gradients
+
+        steps = 0 if cfg.method == "nof" else cfg.inner_steps
+        trained, inner_loss, obs_losses = functional(data, generator, steps)
+        return unrolled_gradients(task.model, params, trained, inner_loss, obs_losses, steps, cfg.inner_lr)
     state = task.adapt(data, generator, inner=cfg.method != "nof")
     losses, restricted = task.losses(state, data, generator)
     restricted = restricted.to(losses.device).bool()

@@ -13,7 +13,8 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -33,6 +34,7 @@ from obstructlib.methods.lto.learners import (
     model_device,
     visual_parameters,
 )
+from obstructlib.primitives.augment import resized_crop_flip
 
 __all__ = ["ClipTask", "EpisodicTask", "draw_shots"]
 
@@ -132,17 +134,60 @@ class ClipTask:
 
     def losses(self, state: Adapted, task: tuple[torch.Tensor, torch.Tensor],
                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        _, obs = task
         self.model.eval()
-        text = learner_text(self.model, state, num_templates=self.num_templates, grad_fraction=self.token_ratio,
+        return self._obs_losses(self.model, state, task[1], generator)
+
+    def _obs_losses(self, model: Any, state: Adapted, obs: torch.Tensor,
+                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        text = learner_text(model, state, num_templates=self.num_templates, grad_fraction=self.token_ratio,
                             generator=generator, device=self.device)
         out = []
         for start in range(0, len(obs), self.obs_batch):
             idx = obs[start:start + self.obs_batch]
             with autocast(self.device):
-                logits = learner_logits(self.model, state, self.images[idx].to(self.device), text, self.learner)
+                logits = learner_logits(model, state, self.images[idx].to(self.device), text, self.learner)
             out.append(F.cross_entropy(logits.float(), self.labels[idx].to(self.device), reduction="none"))
         return torch.cat(out), self._is_r[self.labels[obs]]
+
+    def functional(self, task: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator, steps: int,
+                   ) -> tuple[list[nn.Parameter], Callable[[Any, int], torch.Tensor],
+                              Callable[[Any], tuple[torch.Tensor, torch.Tensor]]]:
+        """The inner run as functions of the weights, for ``order=2`` (CE only).
+
+        Inner step ``s`` is the CE learner's loss on batch ``s`` of D_fsc (the learner's batch size,
+        crop-flip views, the one-template resampled classifier), taken on the image tower's non-BN
+        parameters and, when the learner trains it, the token embedding.
+
+        Returns:
+            ``(trained parameters, inner_loss(model, step), obs_losses(model))`` for
+            :func:`~obstructlib.methods.lto.second_order.unrolled_gradients`.
+        """
+        if self.learner.kind != "ce":
+            raise ConfigError(f"lto.order=2 unrolls the ce learner only, not {self.learner.kind}: "
+                              "use lto.order=1 for CoOp and Tip-Adapter")
+        fsc, obs = task
+        x, y = self.images[fsc], self.labels[fsc]
+        state = init_learner(self.model, x, y, self.classnames, self.templates, self.learner, generator=generator,
+                             device=self.device)
+        per_pass = max(1, math.ceil(len(fsc) / self.learner.batch_size))
+        order = torch.cat([torch.randperm(len(fsc), generator=generator)
+                           for _ in range(math.ceil(max(steps, 1) / per_pass))])
+        trained = [p for _, p in visual_parameters(self.model)]
+        if self.learner.token_lr_scale > 0:
+            trained.append(self.model.token_embedding.weight)
+        bs = self.learner.batch_size
+
+        def inner_loss(model: Any, step: int) -> torch.Tensor:
+            p, b = divmod(step, per_pass)
+            idx = order[p * len(fsc):(p + 1) * len(fsc)][b * bs:(b + 1) * bs]
+            view = resized_crop_flip(x[idx].cpu(), generator, self.learner.min_crop).to(self.device)
+            text = learner_text(model, state, num_templates=1, grad_fraction=self.learner.resample_fraction,
+                                generator=generator, device=self.device)
+            return F.cross_entropy(learner_logits(model, state, view, text, self.learner).float(),
+                                   y[idx].to(self.device))
+
+        self.model.eval()
+        return trained, inner_loss, lambda model: self._obs_losses(model, state, obs, generator)
 
 
 @dataclass
