@@ -7,6 +7,12 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 # Tests never touch the network: open_clip/huggingface stay offline, profile is `quick`.
 # Tests run on CPU even where a GPU exists (as open_clip's tests do): CUDA_VISIBLE_DEVICES is empty.
 TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OBSTRUCT_PROFILE=quick MPLBACKEND=Agg PYTHONHASHSEED=0 CUDA_VISIBLE_DEVICES=
+# Two pytest workers of one thread each (pytest-xdist; a notebook's cells stay together on one worker,
+# as nbval needs): on 2 cores that beats one two-thread process on the tiny models, and never runs
+# 2 x 2 threads on 2 cores. TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
+TEST_PAR := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope)
+TEST_THREADS := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 PYTEST_ARGS ?=
 LINT_PATHS := obstructlib tests benchmarks notebooks conftest.py
 
@@ -42,13 +48,13 @@ lint: install-dev
 
 test: lint
 	@start=$$(date +%s); \
-	$(TEST_ENV) $(PY) -m pytest -p no:cacheprovider --nbval-lax --doctest-modules --durations=20 \
+	$(TEST_ENV) $(TEST_THREADS) $(PY) -m pytest -p no:cacheprovider $(TEST_PAR) --nbval-lax --doctest-modules --durations=20 \
 		tests obstructlib notebooks $(PYTEST_ARGS); \
 	status=$$?; echo "make test: $$(( $$(date +%s) - start )) s of tests"; exit $$status
 
 test-fast: lint
 	@start=$$(date +%s); \
-	$(TEST_ENV) $(PY) -m pytest -p no:cacheprovider --doctest-modules -m "not slow" --durations=10 \
+	$(TEST_ENV) $(TEST_THREADS) $(PY) -m pytest -p no:cacheprovider $(TEST_PAR) --doctest-modules -m "not slow" --durations=10 \
 		tests obstructlib $(PYTEST_ARGS); \
 	status=$$?; echo "make test-fast: $$(( $$(date +%s) - start )) s of tests"; exit $$status
 

@@ -54,6 +54,9 @@ def test_drop_ratio_interpolated_nearest_and_no_drop():
     # within: the best checkpoint costing <= beta; a noisy early dip does not end the search
     noisy = [(0, 60, 50), (5, 58, 46), (10, 40, 50.5), (15, 10, 49), (20, 5, 45)]
     assert drop_ratio_at(2.0, noisy) < 1 and drop_ratio_at(2.0, noisy, "within") == 25.0
+    costly = [(0, 60, 50), (5, 30, 46), (10, 20, 47)]  # no checkpoint within beta: the cheapest, by its cost
+    w = operating_point(2.0, costly, "within")
+    assert w["step"] == 10 and math.isclose(w["ratio"], 40 / 3)
     never = [(0, 60, 50), (10, 50, 49.5), (20, 45, 49)]  # R' loses at most 1 < beta
     q = operating_point(2.0, never)
     assert not q["reached"] and not q["no_drop"] and q["ratio"] == 15 / 2

@@ -82,7 +82,8 @@ def operating_point(beta: float, trajectory: Any, method: str = "interpolate") -
 
     - ``within``: the evaluated checkpoint with the largest ``drop_r`` among those whose ``drop_o``
       is at most ``beta``, ratio ``drop_r / beta``: the R-drop a defender gets for at most beta
-      points of R'. Unlike the two above it is not thrown by one noisy early dip of Acc_O below
+      points of R'. If every checkpoint costs more than beta, the least costly one, ratio
+      ``drop_r / drop_o`` there. Unlike the two above it is not thrown by one noisy early dip of Acc_O below
       beta; it is our addition (not the paper's), reported beside them.
 
     When no checkpoint reaches ``beta`` (``reached`` is False) both rules use the checkpoint with
@@ -117,7 +118,8 @@ def operating_point(beta: float, trajectory: Any, method: str = "interpolate") -
         if len(ok) == 0:  # every checkpoint already costs more than beta: the least costly one
             ok = np.array([1 + int(np.argmin(drop_o[1:]))])
         k = int(ok[np.argmax(drop_r[ok])])
-        return {"ratio": float(drop_r[k] / beta), "step": float(steps[k]), "drop_r": float(drop_r[k]),
+        # a fallback checkpoint costing more than beta is divided by what it cost, never by beta
+        return {"ratio": float(drop_r[k] / max(drop_o[k], beta)), "step": float(steps[k]), "drop_r": float(drop_r[k]),
                 "drop_o": float(drop_o[k]), "reached": reached, "no_drop": bool(np.all(drop_o[1:] <= 0))}
     if not reached:
         k = 1 + int(np.argmax(drop_o[1:]))
