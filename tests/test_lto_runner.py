@@ -106,3 +106,12 @@ def test_superclasses_come_from_the_dataset_or_the_table():
     assert _class_sets("", cifar) == {"vehicles": [0, 1, 8, 9]}
     with pytest.raises(ConfigError, match="some but not all"):
         _class_sets("0,1,2,3,4", classes, own)
+
+
+def test_quick_classical_learners_take_their_own_outer_rate():
+    from obstructlib.experiments import config_for
+    from obstructlib.experiments.lto import QUICK_CLASSICAL_LR
+
+    assert config_for("lto", "quick", ["learner=protonet"]).lto.lr == QUICK_CLASSICAL_LR
+    assert config_for("lto", "quick", ["learner=protonet", "lto.lr=1e-4"]).lto.lr == 1e-4
+    assert config_for("lto", "quick", ["learner=ce"]).lto.lr == 3e-4
