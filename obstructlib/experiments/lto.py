@@ -135,6 +135,8 @@ class LTORunConfig:
         episodic_attacker: the attacker's meta-training on R' (its ``k_shot`` is also the test
             episodes' shots: 1 or 5).
         obs_episodes: obstruction episodes per outer step (classical learners).
+        classical_lr: the outer rate ``lto.lr`` of the classical learners when ``lto.lr`` is not
+            set (None: ``lto.lr`` for every learner).
         test_episodes: the attacker's test episodes (the paper: 1000).
         meta_share: share of R' classes the classical attacker meta-trains on (0.7); the rest are
             test-other.
@@ -178,6 +180,7 @@ class LTORunConfig:
     episodic_attacker: EpisodicConfig = field(default_factory=lambda: EpisodicConfig(
         episodes=128, epochs=2, batch_episodes=8, lr=1e-3))
     obs_episodes: int = 4
+    classical_lr: float | None = None
     test_episodes: int = 300
     mode: str = "classes"
     attribute_task_size: int = 200
@@ -226,11 +229,19 @@ class LTORunConfig:
           Only-R / NoF reach DropRatio@2 18.2 / 15.3 / 5.5, beta at step 56 of 60; at 3e-4 15.1 / 4.0 /
           9.9, beta at step 14. The attacker is scored on the whole test split (CIFAR-10: 10,000
           images, 3 s per attack on one core): on 2,000 images Acc_O moved by about 3 points between
-          evaluations, enough to set the first beta crossing.
+          evaluations, enough to set the first beta crossing. The classical learners (ResNet-12) take
+          the outer rate :data:`QUICK_CLASSICAL_LR` instead (``classical_lr``).
         - colab: RN50 ``openai`` at 224 px on the profile's set, the official rates, 100 outer steps.
         - paper: the official CIFAR100 settings (100 outer steps, lr 1e-6, evaluation every 20).
         """
         return _PROFILE_TABLE[profile.name](cls, profile)
+
+
+#: quick's outer rate for the classical learners (the CPU ResNet-12), chosen on the validation
+#: superclass bird-frog with ProtoNet (CIFAR-10 JPEG, seed 0, 60 steps): at 3e-3 DropRatio@2 0.30, at
+#: 3e-2 0.16 (the defender's restricted loss rose 0.34 -> 1.37 and 0.8 -> 4.1, the attacker's Acc_R
+#: did not follow); the CLIP rate 3e-4 left the defender's loss flat.
+QUICK_CLASSICAL_LR = 3e-3
 
 
 def _quick(cls: type, profile: Profile) -> LTORunConfig:
@@ -238,7 +249,8 @@ def _quick(cls: type, profile: Profile) -> LTORunConfig:
                pretrain=ClipTrainConfig(steps=600, batch_size=128, lr=1e-3, weight_decay=0.2, warmup_steps=50,
                                         log_every=50, ckpt_every=200),
                defender=LearnerOverrides(lr_visual=1e-4), attack=LearnerOverrides(lr_visual=1e-4),
-               test_samples=None, lto=LTOConfig(steps=60, lr=3e-4, eval_every=5, ckpt_every=5))
+               test_samples=None, classical_lr=QUICK_CLASSICAL_LR,
+               lto=LTOConfig(steps=60, lr=3e-4, eval_every=5, ckpt_every=5))
 
 
 def _colab(cls: type, profile: Profile) -> LTORunConfig:
@@ -253,17 +265,11 @@ def _paper(cls: type, profile: Profile) -> LTORunConfig:
 
 _PROFILE_TABLE = {"quick": _quick, "colab": _colab, "paper": _paper}
 
-#: quick's outer rate for the classical learners (the CPU ResNet-12), chosen on the validation
-#: superclass bird-frog with ProtoNet (CIFAR-10 JPEG, seed 0, 60 steps): at 3e-3 DropRatio@2 0.30, at
-#: 3e-2 0.16 (the defender's restricted loss rose 0.34 -> 1.37 and 0.8 -> 4.1, the attacker's Acc_R
-#: did not follow); the CLIP rate 3e-4 left the defender's loss flat.
-QUICK_CLASSICAL_LR = 3e-3
-
 
 def adapt(cfg: LTORunConfig, profile: Profile, explicit: set[str]) -> LTORunConfig:
-    """quick with a classical learner takes :data:`QUICK_CLASSICAL_LR` unless ``lto.lr`` was set."""
-    if profile.name == "quick" and cfg.learner in CLASSICAL and "lto.lr" not in explicit:
-        cfg.lto.lr = QUICK_CLASSICAL_LR
+    """A classical learner takes ``classical_lr`` (quick: :data:`QUICK_CLASSICAL_LR`) unless ``lto.lr`` was set."""
+    if cfg.classical_lr is not None and cfg.learner in CLASSICAL and "lto.lr" not in explicit:
+        cfg.lto.lr = cfg.classical_lr
     return cfg
 
 
