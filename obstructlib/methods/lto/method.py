@@ -40,7 +40,8 @@ from tqdm.auto import tqdm
 from obstructlib.engine.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from obstructlib.errors import ConfigError, check_min
 
-__all__ = ["METHODS", "LTOConfig", "LTOResult", "ObstructionTask", "obstruct", "per_class_pools", "restore", "snapshot"]
+__all__ = ["METHODS", "LTOConfig", "LTOResult", "ObstructionTask", "obstruct", "per_class_pools", "restore", "snapshot",
+           "split_gradients"]
 
 METHODS = ("lto", "only-r", "nof")
 SCOPES = ("visual", "visual+token")
@@ -199,22 +200,13 @@ def restore(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
             v.copy_(saved[k])
 
 
-def _gather(task: ObstructionTask, params: list[nn.Parameter], cfg: LTOConfig, generator: torch.Generator,
-            ) -> tuple[list[torch.Tensor], list[torch.Tensor], dict[str, float]]:
-    """One task: inner run, then g_R and g_O (sample-weighted means over D_obs) at the adapted weights."""
-    data = task.sample(generator)
-    if cfg.order == 2:
-        functional = getattr(task, "functional", None)
-        if functional is None:
-            raise ConfigError(f"lto.order=2 needs a task that unrolls its learner; {type(task).__name__} does not: "
-                              "use lto.order=1")
-        from obstructlib.methods.lto.second_order import unrolled_gradients
+def split_gradients(losses: torch.Tensor, restricted: torch.Tensor, params: Sequence[nn.Parameter],
+                    ) -> tuple[list[torch.Tensor], list[torch.Tensor], dict[str, float]]:
+    """g_R and g_O: the gradients of the mean restricted and mean other per-sample loss (eq. 1).
 
-        steps = 0 if cfg.method == "nof" else cfg.inner_steps
-        trained, inner_loss, obs_losses = functional(data, generator, steps)
-        return unrolled_gradients(task.model, params, trained, inner_loss, obs_losses, steps, cfg.inner_lr)
-    state = task.adapt(data, generator, inner=cfg.method != "nof")
-    losses, restricted = task.losses(state, data, generator)
+    Raises:
+        ConfigError: the obstruction set misses R or R'.
+    """
     restricted = restricted.to(losses.device).bool()
     n_r, n_o = int(restricted.sum()), int((~restricted).sum())
     if n_r == 0 or n_o == 0:
@@ -227,6 +219,26 @@ def _gather(task: ObstructionTask, params: list[nn.Parameter], cfg: LTOConfig, g
     g_r = [torch.zeros_like(p) if g is None else g.detach() for g, p in zip(raw_r, params)]
     g_o = [torch.zeros_like(p) if g is None else g.detach() for g, p in zip(raw_o, params)]
     return g_r, g_o, {"loss_r": float(loss_r.detach()), "loss_o": float(loss_o.detach())}
+
+
+def _gather(task: ObstructionTask, params: list[nn.Parameter], cfg: LTOConfig, generator: torch.Generator,
+            ) -> tuple[list[torch.Tensor], list[torch.Tensor], dict[str, float]]:
+    """One task: inner run, then g_R and g_O (sample-weighted means over D_obs) at the adapted weights."""
+    data = task.sample(generator)
+    if cfg.order == 2:
+        functional = getattr(task, "functional", None)
+        if functional is None:
+            raise ConfigError(f"lto.order=2 needs a task that unrolls its learner; {type(task).__name__} does not: "
+                              "use lto.order=1")
+        from obstructlib.methods.lto.second_order import unrolled_losses
+
+        steps = 0 if cfg.method == "nof" else cfg.inner_steps
+        trained, inner_loss, obs_losses = functional(data, generator, steps)
+        losses, restricted = unrolled_losses(task.model, trained, inner_loss, obs_losses, steps, cfg.inner_lr)
+    else:
+        state = task.adapt(data, generator, inner=cfg.method != "nof")
+        losses, restricted = task.losses(state, data, generator)
+    return split_gradients(losses, restricted, params)
 
 
 def obstruct(task: ObstructionTask, cfg: LTOConfig, *,

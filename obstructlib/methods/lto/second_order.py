@@ -27,7 +27,9 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-__all__ = ["call_with", "unrolled_gradients"]
+from obstructlib.methods.lto.method import split_gradients
+
+__all__ = ["call_with", "unrolled_gradients", "unrolled_losses"]
 
 
 class _Apply(nn.Module):
@@ -52,6 +54,35 @@ def call_with(model: nn.Module, weights: dict[str, torch.Tensor], fn: Callable[[
     return functional_call(_Apply(model), {f"model.{k}": v for k, v in weights.items()}, (fn,), strict=False)
 
 
+def unrolled_losses(model: nn.Module, trained: Sequence[nn.Parameter],
+                    inner_loss: Callable[[nn.Module, int], torch.Tensor],
+                    obs_losses: Callable[[nn.Module], tuple[torch.Tensor, torch.Tensor]],
+                    steps: int, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The obstruction losses at ``theta' = SGD^steps(theta)``, differentiable with respect to theta.
+
+    Args:
+        model: the module whose parameters are theta (left unchanged).
+        trained: the parameters of ``model`` the inner run trains.
+        inner_loss: ``(model, step) -> scalar`` the learner's loss at inner step ``step``.
+        obs_losses: ``model -> (per-sample losses, restricted mask)`` on the obstruction set.
+        steps: inner SGD steps (0: the losses at theta, the NoF losses).
+        lr: the inner SGD rate.
+
+    Returns:
+        ``(per-sample losses, restricted mask)`` whose graph runs through every inner step.
+    """
+    names = {id(p): n for n, p in model.named_parameters()}
+    if any(id(p) not in names for p in trained):
+        raise ValueError("the trained parameters must be parameters of the model")
+    fast: dict[str, torch.Tensor] = {names[id(p)]: p for p in trained}
+    with sdpa_kernel([SDPBackend.MATH]):  # the fused attention kernels have no double backward
+        for step in range(steps):
+            loss = call_with(model, fast, functools.partial(_at_step, inner_loss, step))
+            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=True, allow_unused=True)
+            fast = {n: w if g is None else w - lr * g for (n, w), g in zip(fast.items(), grads)}
+        return call_with(model, fast, obs_losses)
+
+
 def unrolled_gradients(model: nn.Module, obstructed: Sequence[nn.Parameter], trained: Sequence[nn.Parameter],
                        inner_loss: Callable[[nn.Module, int], torch.Tensor],
                        obs_losses: Callable[[nn.Module], tuple[torch.Tensor, torch.Tensor]],
@@ -59,44 +90,19 @@ def unrolled_gradients(model: nn.Module, obstructed: Sequence[nn.Parameter], tra
                        ) -> tuple[list[torch.Tensor], list[torch.Tensor], dict[str, float]]:
     """g_R and g_O at ``theta' = SGD^steps(theta)`` with respect to the obstructed ``theta``, exactly.
 
-    Args:
-        model: the module whose parameters are theta (left unchanged).
-        obstructed: P, the parameters of ``model`` the outer step updates.
-        trained: the parameters of ``model`` the inner run trains (P may hold others: they then
-            enter the inner losses but are not stepped).
-        inner_loss: ``(model, step) -> scalar`` the learner's loss at inner step ``step``.
-        obs_losses: ``model -> (per-sample losses, restricted mask)`` on the obstruction set.
-        steps: inner SGD steps (0: the gradients at theta, the NoF gradients).
-        lr: the inner SGD rate.
+    :func:`unrolled_losses`, then :func:`~obstructlib.methods.lto.method.split_gradients` on
+    ``obstructed`` (P, the parameters the outer step updates; it may hold parameters the inner
+    run does not train: they then enter the inner losses but are not stepped).
 
     Returns:
         ``(g_R, g_O, {"loss_r", "loss_o"})``, gradients in the order of ``obstructed``.
     """
-    names = {id(p): n for n, p in model.named_parameters()}
-    if any(id(p) not in names for p in [*obstructed, *trained]):
+    names = {id(p) for p in model.parameters()}
+    if any(id(p) not in names for p in obstructed):
         raise ValueError("the obstructed and trained parameters must be parameters of the model")
-    fast: dict[str, torch.Tensor] = {names[id(p)]: p for p in trained}
-    with sdpa_kernel([SDPBackend.MATH]):  # the fused attention kernels have no double backward
-        return _unrolled(model, list(obstructed), fast, inner_loss, obs_losses, steps, lr)
+    losses, restricted = unrolled_losses(model, trained, inner_loss, obs_losses, steps, lr)
+    return split_gradients(losses, restricted, list(obstructed))
 
 
 def _at_step(inner_loss: Callable[[nn.Module, int], torch.Tensor], step: int, model: nn.Module) -> torch.Tensor:
     return inner_loss(model, step)
-
-
-def _unrolled(model: nn.Module, leaves: list[nn.Parameter], fast: dict[str, torch.Tensor],
-              inner_loss: Callable[[nn.Module, int], torch.Tensor],
-              obs_losses: Callable[[nn.Module], tuple[torch.Tensor, torch.Tensor]], steps: int, lr: float,
-              ) -> tuple[list[torch.Tensor], list[torch.Tensor], dict[str, float]]:
-    for step in range(steps):
-        loss = call_with(model, fast, functools.partial(_at_step, inner_loss, step))
-        grads = torch.autograd.grad(loss, list(fast.values()), create_graph=True, allow_unused=True)
-        fast = {n: w if g is None else w - lr * g for (n, w), g in zip(fast.items(), grads)}
-    losses, restricted = call_with(model, fast, obs_losses)
-    restricted = restricted.to(losses.device).bool()
-    loss_r, loss_o = losses[restricted].mean(), losses[~restricted].mean()
-    raw_r = torch.autograd.grad(loss_r, leaves, retain_graph=True, allow_unused=True)
-    raw_o = torch.autograd.grad(loss_o, leaves, allow_unused=True)
-    g_r = [torch.zeros_like(p) if g is None else g.detach() for g, p in zip(raw_r, leaves)]
-    g_o = [torch.zeros_like(p) if g is None else g.detach() for g, p in zip(raw_o, leaves)]
-    return g_r, g_o, {"loss_r": float(loss_r.detach()), "loss_o": float(loss_o.detach())}
