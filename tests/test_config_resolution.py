@@ -63,12 +63,14 @@ def _seed_fields(tree, prefix=""):
             yield f"{prefix}{key}", value
 
 
-@pytest.mark.parametrize("name,extra,hacker_key", [
-    ("uc", [], None), ("uc", ["target_seed=3"], "train.seed"),
-    ("mem", [], None), ("mem", ["hacker_seed=3"], "train.seed"),
+@pytest.mark.parametrize("name,extra,hacker_base", [
+    ("uc", [], 5), ("uc", ["hacker_seed=3"], 3),
+    ("mem", [], 5), ("mem", ["hacker_seed=3"], 3),
     ("ntp", [], None),
 ])
-def test_results_record_the_seeds_that_ran(tmp_path, monkeypatch, name, extra, hacker_key):
+def test_results_record_the_seeds_that_ran(tmp_path, monkeypatch, name, extra, hacker_base):
+    from obstructlib.experiments.common import derive_seed
+
     load_runners()
     seen = {}
 
@@ -84,10 +86,10 @@ def test_results_record_the_seeds_that_ran(tmp_path, monkeypatch, name, extra, h
     protector_parts = ("uc", "em", "tap", "mem", "ntp", "ntl", "simclr")
     protector = {k: v for k, v in seeds.items() if k.split(".")[0] in protector_parts}
     assert protector and all(v == 5 for v in protector.values()), protector
-    if hacker_key:
-        assert seeds[hacker_key] == 3
+    if hacker_base is not None:  # the first hacker's stream, never the protector's
+        assert seeds["train.seed"] == derive_seed(hacker_base, "hacker", 0) not in protector.values()
     else:
-        assert seeds.get("train.seed", 0) == 0  # the hacker recipe as given: recorded as it ran
+        assert seeds.get("train.seed", 0) == 0  # the recipe as given: recorded as it ran
 
 
 def test_fingerprint_names_the_keys_and_restart_starts_over(tmp_path):

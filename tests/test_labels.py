@@ -6,7 +6,9 @@ import pytest
 from obstructlib.data import ArrayImageDataset, load_dataset, seeded_subset
 from obstructlib.data.labels import (
     RelabelledDataset,
+    hacker_protocol,
     parse_protocol,
+    protector_protocol,
     random_partition,
     relabel,
     relabel_dataset,
@@ -94,3 +96,30 @@ def test_relabel_dataset_on_synthetic_subset_coarse_and_random():
 def test_relabel_dataset_coarse_fails_on_digits():
     with pytest.raises(ConfigError, match="superclass"):
         relabel_dataset(load_dataset("digits", split="test"), "coarse")
+
+
+@pytest.mark.parametrize("protocol, protector, hacker", [
+    ("original", "original", "original"), ("coarse", "original", "coarse"), ("random-5", "original", "random-5"),
+    ("finer", "coarse", "original"), ("finer-2", "random-2", "original"),
+])
+def test_a_protocol_names_both_sides(protocol, protector, hacker):
+    assert (protector_protocol(protocol), hacker_protocol(protocol)) == (protector, hacker)
+
+
+def test_finer_gives_the_hacker_every_class_and_the_protector_a_coarse_grouping():
+    train = load_dataset("synthetic", split="train", num_train=60)
+    hacker = relabel_dataset(train, "finer", seed=1)
+    assert np.array_equal(hacker.labels, train.labels) and len(hacker.classes) == 10
+    known = relabel_dataset(train, protector_protocol("finer"), seed=1)
+    assert np.array_equal(known.labels, train.superclass_of[train.labels])
+    groups = relabel_dataset(train, protector_protocol("finer-2"), seed=1)
+    assert len(groups.classes) == 2
+    # every protector group holds several hacker classes: its labels cannot separate them
+    for g in range(2):
+        assert len(set(train.labels[groups.labels == g].tolist())) >= 2
+
+
+def test_finer_with_an_impossible_grouping_is_a_one_line_error():
+    with pytest.raises(ConfigError, match="random-1") as err:
+        relabel([0, 1], protector_protocol("finer-1"), num_classes=10)
+    assert "\n" not in str(err.value)

@@ -90,7 +90,7 @@ def test_baselines_and_countermeasures_run(tmp_path, method, extra, undefended):
     triggers = [t for t in m["protection"].get("trigger_examples") or [] if t.strip()]
     assert bool(triggers) == method.startswith("mem")  # MEM published words beside the captions
     if "--countermeasure" in extra:  # the defence changed the hacker's training (on the clean row too)
-        mine, plain = _weights(out, "hacker_clean"), _weights(undefended, "hacker_clean")
+        mine, plain = _weights(out, "hacker0/clean"), _weights(undefended, "hacker0/clean")
         assert not all(torch.equal(mine[k], plain[k]) for k in plain)
 
 
@@ -102,17 +102,27 @@ def test_classification_data_gets_templated_captions(tmp_path):
     assert m["num_train_pairs"] == m["num_train_images"] == 20 and m["chance"]["zero_shot_acc"] == 0.1
 
 
-def test_hacker_seed_repeats_the_hacker_on_the_same_protection(tmp_path):
+def test_hacker_seed_draws_other_hackers_for_the_same_protection(tmp_path):
     from safetensors.torch import load_file
 
     runs = {seed: _run(tmp_path, "--method", "random", *(["--set", f"hacker_seed={seed}"] if seed is not None else []),
                        name=f"h{seed}")[0] for seed in (None, 0, 1)}
     noise = {s: (out / "checkpoints" / "store" / "store.npy").read_bytes() for s, out in runs.items()}
     assert noise[None] == noise[0] == noise[1]  # the subset and the protection follow --seed only
-    for tag in ("hacker_clean", "hacker_protected"):
+    for tag in ("hacker0/clean", "hacker0/protected"):
         w = {s: load_file(out / "checkpoints" / tag / "model.safetensors") for s, out in runs.items()}
-        assert all(torch.equal(w[None][k], w[0][k]) for k in w[None])  # hacker_seed=0 is the default hacker
+        assert all(torch.equal(w[None][k], w[0][k]) for k in w[None])  # hacker_seed=0 (the run's seed) is the default
         assert not all(torch.equal(w[None][k], w[1][k]) for k in w[None])
+
+
+def test_several_hackers_report_mean_and_spread(tmp_path):
+    _, results = _run(tmp_path, "--method", "random", "--set", "hackers=2")
+    m = results["metrics"]
+    assert len(m["hackers"]) == 2 and m["hackers"][0]["seed"] != m["hackers"][1]["seed"]
+    for key in RETRIEVAL_KEYS:
+        values = [h["protected"][key] for h in m["hackers"]]
+        assert m["protected"][key] == pytest.approx(np.mean(values))
+        assert m["protected_sd"][key] == pytest.approx(np.std(values, ddof=1))
 
 
 def test_resuming_with_another_config_is_refused(tmp_path, cli_fails):

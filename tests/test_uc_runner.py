@@ -54,12 +54,12 @@ def test_random_writes_results_and_resumes(tmp_path):
         assert again["metrics"][row]["test_acc"] == results["metrics"][row]["test_acc"]
 
 
-def test_target_seed_repeats_the_hacker_on_the_same_protection(tmp_path):
+def test_hacker_seed_draws_other_hackers_for_the_same_protection(tmp_path):
     from safetensors.torch import load_file
 
     a, _ = _run(tmp_path / "a", "--method", "random")
-    b, _ = _run(tmp_path / "b", "--method", "random", "--set", "target_seed=1")
-    c, _ = _run(tmp_path / "c", "--method", "random", "--set", "target_seed=0")
+    b, _ = _run(tmp_path / "b", "--method", "random", "--set", "hacker_seed=1")
+    c, _ = _run(tmp_path / "c", "--method", "random", "--set", "target_seed=0")  # the old name still works
 
     def noise(out):
         return (out / "checkpoints" / "store" / "store.npy").read_bytes()
@@ -68,10 +68,44 @@ def test_target_seed_repeats_the_hacker_on_the_same_protection(tmp_path):
         return load_file(out / "checkpoints" / tag / "model.safetensors")
 
     assert noise(a) == noise(b) == noise(c)  # the subset and the protection follow --seed only
-    for tag in ("target_clean", "target_protected"):
+    for tag in ("hacker0/clean", "hacker0/protected"):
         wa, wb, wc = weights(a, tag), weights(b, tag), weights(c, tag)
-        assert all(torch.equal(wa[k], wc[k]) for k in wa)  # target_seed=0 is the default hacker
+        assert all(torch.equal(wa[k], wc[k]) for k in wa)  # hacker_seed=0 (the run's seed) is the default
         assert not all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_several_hackers_report_mean_and_spread(tmp_path):
+    from safetensors.torch import load_file
+
+    out, results = _run(tmp_path, "--method", "random", "--set", "hackers=3")
+    m = results["metrics"]
+    assert len(m["hackers"]) == 3 and len({h["seed"] for h in m["hackers"]}) == 3
+    for row in ("clean", "protected"):
+        accs = [h[row] for h in m["hackers"]]
+        assert m[row]["test_acc"] == pytest.approx(np.mean(accs))
+        assert m[row]["test_acc_sd"] == pytest.approx(np.std(accs, ddof=1))
+    assert m["acc_drop"] == pytest.approx(np.mean([h["clean"] - h["protected"] for h in m["hackers"]]))
+    first = [load_file(out / "checkpoints" / f"hacker{i}" / "clean" / "model.safetensors") for i in range(3)]
+    assert not all(torch.equal(first[0][k], first[1][k]) for k in first[0])  # independent initial weights
+
+
+def test_finer_labels_craft_em_with_the_protectors_groups_and_train_the_hacker_on_every_class(tmp_path, monkeypatch):
+    import obstructlib.experiments.uc as uc
+
+    seen = {}
+    real = uc.error_minimizing_noise
+
+    def spy(model, train, *args, **kwargs):
+        seen["classes"] = len(train.classes)
+        seen["labels"] = sorted({int(train[i][1]) for i in range(len(train))})
+        return real(model, train, *args, **kwargs)
+
+    monkeypatch.setattr(uc, "error_minimizing_noise", spy)
+    _, results = _run(tmp_path, "--method", "em-sample", "--labels", "finer-2")
+    m = results["metrics"]
+    assert seen == {"classes": 2, "labels": [0, 1]}  # EM saw two groups only
+    assert m["protector_labels"] == "random-2" and m["num_classes_hacker"] == 10
+    assert m["label_mapping"] == list(range(10))
 
 
 def test_resuming_with_another_config_is_refused(tmp_path, cli_fails):
@@ -138,7 +172,7 @@ def test_countermeasures_run(tmp_path, countermeasure, undefended):
     assert results["metrics"]["countermeasure"] == countermeasure
     # the same protection and hackers without the defence: the defence changed both trainings
     assert (out / "checkpoints" / "store" / "store.npy").read_bytes() == _noise(undefended)
-    for tag in ("target_clean", "target_protected"):
+    for tag in ("hacker0/clean", "hacker0/protected"):
         mine, plain = _weights(out, tag), _weights(undefended, tag)
         assert not all(torch.equal(mine[k], plain[k]) for k in plain), tag
 

@@ -1,17 +1,27 @@
-"""The hacker's labelling: exact class -> new-class mappings for label-agnostic evaluation.
+"""Who knows which labels: exact class -> new-class mappings for label-agnostic evaluation.
 
 Unlearnable Clusters asks what happens when whoever trains on protected images labels them
-differently from the protector. The protocols here are that relabelling, applied at the
-hacker's stage only:
+differently from the protector. A protocol names both sides, the labels the protector crafts
+with (error-minimising noise needs labels; UC needs none) and the labels the hacker trains on:
 
-- ``"original"``: the dataset's own classes (the label-consistent setting);
-- ``"coarse"``: every class replaced by its superclass (CIFAR-100's 100 -> 20 ``fine_to_coarse``,
-  the synthetic shapes' 10 -> 3 ``superclass_of``), the paper's "m-class set used as an n-class task";
-- ``"random-N"``: a seeded random re-partition of the m classes into N non-empty groups of
-  near-equal size (``2 <= N < m``), a labelling that cuts across any the protector could know.
+- ``"original"``: both use the dataset's own classes (the label-consistent setting);
+- ``"coarse"``: the protector has the classes, the hacker trains on their superclasses
+  (CIFAR-100's 100 -> 20 ``fine_to_coarse``, the synthetic shapes' 10 -> 3 ``superclass_of``),
+  the paper's "m-class set used as an n-class task";
+- ``"random-N"``: the protector has the classes, the hacker a seeded random re-partition of the
+  m classes into N non-empty groups of near-equal size (``2 <= N < m``). The groups are unions of
+  whole classes, so a class-wise noise crafted on the classes still predicts the hacker's label
+  (every member of a group carries one of its classes' noises): merging labels alone does not
+  separate class-wise noise from a label-agnostic one;
+- ``"finer"`` / ``"finer-N"``: the protector knows only a coarse grouping (the dataset's
+  superclasses, or a seeded random N-group partition) and crafts with it; the hacker trains on all
+  the original classes. A noise that follows the protector's groups then says nothing about the
+  finer class inside a group: the paper's label-agnostic failure case of EM. UC uses no labels.
 
-A protocol is a ``mapping`` array ``(m,)`` with ``new_label = mapping[old_label]``, so it is
-exact, invertible into groups, and can be stored in ``results.json``.
+:func:`protector_protocol` and :func:`hacker_protocol` split a protocol into its two sides;
+:func:`relabel` and :func:`relabel_dataset` apply the hacker's side. A side is a ``mapping`` array
+``(m,)`` with ``new_label = mapping[old_label]``, so it is exact, invertible into groups, and can
+be stored in ``results.json``.
 
 References:
     Zhang et al., Unlearnable Clusters, arXiv:2301.01217 (Sec. 3, label-agnostic setting).
@@ -36,30 +46,54 @@ from obstructlib.data.base import SizedDataset
 from obstructlib.data.wrappers import labels_of
 from obstructlib.errors import ConfigError
 
-PROTOCOLS = ("original", "coarse", "random-N")
-_RANDOM = re.compile(r"^random-(\d+)$")
+PROTOCOLS = ("original", "coarse", "random-N", "finer", "finer-N")
+_GROUPED = re.compile(r"^(random|finer)-(\d+)$")
 
 
 def parse_protocol(protocol: str) -> tuple[str, int | None]:
-    """Split a protocol string into ``(kind, N)``; ``N`` only for ``random-N``.
+    """Split a protocol string into ``(kind, N)``; ``N`` only for ``random-N`` and ``finer-N``.
 
     Raises:
         ConfigError: an unknown or malformed protocol (``random-x``, ``random-``, ``fine``).
 
     Example:
-        >>> parse_protocol("random-5"), parse_protocol("coarse")
-        (('random', 5), ('coarse', None))
+        >>> parse_protocol("random-5"), parse_protocol("coarse"), parse_protocol("finer-2")
+        (('random', 5), ('coarse', None), ('finer', 2))
     """
     text = str(protocol).strip()
-    if text in ("original", "coarse"):
+    if text in ("original", "coarse", "finer"):
         return text, None
-    match = _RANDOM.match(text)
+    match = _GROUPED.match(text)
     if match is None:
         raise ConfigError(
-            f"labels={protocol!r} is not a label protocol: use original, coarse or random-N "
+            f"labels={protocol!r} is not a label protocol: use original, coarse, random-N, finer or finer-N "
             "(N an integer, e.g. random-5)"
         )
-    return "random", int(match.group(1))
+    return match.group(1), int(match.group(2))
+
+
+def protector_protocol(protocol: str) -> str:
+    """The labels the protector crafts with under ``protocol``, as a one-sided protocol.
+
+    Example:
+        >>> [protector_protocol(p) for p in ("random-5", "finer", "finer-2")]
+        ['original', 'coarse', 'random-2']
+    """
+    kind, n = parse_protocol(protocol)
+    if kind != "finer":
+        return "original"
+    return "coarse" if n is None else f"random-{n}"
+
+
+def hacker_protocol(protocol: str) -> str:
+    """The labels the hacker trains on under ``protocol``, as a one-sided protocol.
+
+    Example:
+        >>> [hacker_protocol(p) for p in ("random-5", "finer", "finer-2")]
+        ['random-5', 'original', 'original']
+    """
+    kind, _ = parse_protocol(protocol)
+    return "original" if kind == "finer" else str(protocol).strip()
 
 
 def superclass_map(dataset: SizedDataset) -> np.ndarray | None:
@@ -96,7 +130,8 @@ def relabel(
 
     Args:
         labels: original labels, ints in ``0..num_classes-1``, shape ``(N,)``.
-        protocol: ``"original"``, ``"coarse"`` or ``"random-N"`` (see the module docstring).
+        protocol: a protocol of the module docstring; its hacker's side is applied (``finer``: the
+            original classes).
         num_classes: m, the number of original classes.
         superclass_of: ``(m,)`` superclass of every class; required by ``"coarse"``.
         seed: seed of the ``random-N`` partition (same seed, same partition).
@@ -113,7 +148,7 @@ def relabel(
         >>> relabel([0, 4, 9], "coarse", num_classes=10, superclass_of=[0, 0, 0, 1, 1, 1, 2, 2, 2, 2])[0].tolist()
         [0, 1, 2]
     """
-    kind, n = parse_protocol(protocol)
+    kind, n = parse_protocol(hacker_protocol(protocol))
     if isinstance(labels, torch.Tensor):
         labels = labels.detach().cpu().numpy()
     y = np.asarray(labels, dtype=np.int64)
@@ -136,7 +171,7 @@ def _coarse_mapping(superclass_of: Sequence[int] | np.ndarray | None, m: int) ->
     if superclass_of is None:
         raise ConfigError(
             "labels=coarse needs a class -> superclass map, and this dataset has none: "
-            "use cifar100 or synthetic, or labels=random-N"
+            "use cifar100 or synthetic, or labels=random-N (finer-N: a random grouping for the protector)"
         )
     mapping = np.asarray(superclass_of, dtype=np.int64)
     if mapping.shape != (m,) or mapping.min() < 0:
@@ -241,7 +276,8 @@ def relabel_dataset(dataset: SizedDataset, protocol: str, *, seed: int = 0) -> R
 
     Args:
         dataset: labelled classification dataset.
-        protocol: ``"original"``, ``"coarse"`` or ``"random-N"``.
+        protocol: a protocol of the module docstring; its hacker's side is applied (wrap it in
+            :func:`protector_protocol` for the protector's labels).
         seed: seed of the ``random-N`` partition.
 
     Returns:
@@ -259,7 +295,7 @@ def relabel_dataset(dataset: SizedDataset, protocol: str, *, seed: int = 0) -> R
     classes = list(getattr(dataset, "classes", []) or [])
     m = len(classes) or (int(labels.max()) + 1 if len(labels) else 0)
     new, n, mapping = relabel(labels, protocol, num_classes=m, superclass_of=superclass_map(dataset), seed=seed)
-    kind, _ = parse_protocol(protocol)
+    kind, _ = parse_protocol(hacker_protocol(protocol))
     names: list[str] | None
     if kind == "original":
         names = classes or None
@@ -275,7 +311,9 @@ def relabel_dataset(dataset: SizedDataset, protocol: str, *, seed: int = 0) -> R
 __all__ = [
     "PROTOCOLS",
     "RelabelledDataset",
+    "hacker_protocol",
     "parse_protocol",
+    "protector_protocol",
     "random_partition",
     "relabel",
     "relabel_dataset",

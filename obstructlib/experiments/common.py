@@ -8,7 +8,7 @@ the resolved profile, device, seed, data root and output folder; it times stages
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
 import os
 import platform
 import shutil
@@ -137,19 +137,41 @@ def remove_if_created(out_dir: Path, existed_before: bool) -> None:
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def seed_hacker(recipe: Any, run_seed: int, hacker_seed: int | None) -> Any:
-    """Seed the hacker's model init and return its training recipe.
+def derive_seed(seed: int, role: str, index: int = 0) -> int:
+    """The seed of one role's random stream in a run: a 31-bit hash of ``(seed, role, index)``.
 
-    ``hacker_seed`` (a runner's ``target_seed`` / ``hacker_seed``) repeats the hacker on the same
-    protected data: it seeds the initial weights (``torch.manual_seed``) and the recipe's data order.
-    None keeps the run's ``--seed`` for the weights and the recipe as given. Call it right before
-    building each model, so the clean and the protected model start from the same weights.
+    The protector's streams use the run's ``--seed`` itself; a hacker, victim or attacker draws its
+    initial weights and data order from ``derive_seed(seed, "hacker", i)``, which never coincides
+    with the protector's (it would need a 31-bit hash collision) nor with another hacker's.
+
+    Example:
+        >>> derive_seed(0, "hacker") != 0, derive_seed(0, "hacker", 0) != derive_seed(0, "hacker", 1)
+        (True, True)
     """
-    if hacker_seed is None:
-        torch.manual_seed(run_seed)
-        return recipe
-    torch.manual_seed(hacker_seed)
-    return dataclasses.replace(recipe, seed=hacker_seed)
+    digest = hashlib.sha256(f"{int(seed)}/{role}/{int(index)}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def hacker_seeds(run_seed: int, base: int | None, count: int) -> list[int]:
+    """Seeds of a run's ``count`` independent hackers (initial weights and data order).
+
+    Hacker ``i`` uses ``derive_seed(base, "hacker", i)`` with ``base`` the runner's ``hacker_seed``
+    (None: the run's ``--seed``), so a default hacker never shares a stream with the protector, and
+    ``--set hacker_seed=N`` draws other hackers for the same protected data.
+    """
+    root = run_seed if base is None else base
+    return [derive_seed(root, "hacker", i) for i in range(count)]
+
+
+def mean_and_sd(rows: Sequence[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and sample standard deviation (0 for one row) of each numeric key the rows share."""
+    import numpy as np
+
+    keys = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and all(isinstance(r.get(k), (int, float)) for r in rows)]
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+    sd = {k: float(np.std([r[k] for r in rows], ddof=1)) if len(rows) > 1 else 0.0 for k in keys}
+    return mean, sd
 
 
 def check_run_folder(cfg: Any, ctx: RunContext) -> None:

@@ -14,9 +14,12 @@ The Multimodal Unlearnable Examples experiment (Liu et al., arXiv:2407.16307) an
    tokens), and the same recipe on the clean pairs gives the ``clean`` row;
 3. both are evaluated on the CLEAN test split: image->text and text->image R@1/5/10 and median
    rank beside the analytic chance level, plus zero-shot accuracy when the data has class labels.
+   ``hackers`` independent hackers (initial weights and data order from their own streams, never
+   the surrogate's: :func:`~obstructlib.experiments.common.hacker_seeds`) each train both rows;
+   the rows report their mean, ``*_sd`` their spread, ``hackers`` each one.
 
 Every stage resumes from ``OUT/checkpoints``: the protection (``protector/``), the finished noise
-and triggers (``store/``) and both hacker trainings (``hacker_clean/``, ``hacker_protected/``).
+and triggers (``store/``) and each hacker's two trainings (``hacker<i>/clean/``, ``hacker<i>/protected/``).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from obstructlib.data import PerturbationStore, load_pairs
 from obstructlib.engine import ClipTrainConfig, barrier, fit_clip, is_main_process
 from obstructlib.errors import ConfigError, check_range
 from obstructlib.experiments import Flag, RunContext, Runner, register_runner
-from obstructlib.experiments.common import check_run_folder
+from obstructlib.experiments.common import check_run_folder, hacker_seeds, mean_and_sd
 from obstructlib.methods.mem.evaluate import COUNTERMEASURES, HackerConfig, evaluate
 from obstructlib.methods.mem.method import MEMConfig, MEMResult, clip_error_max_noise, protect
 from obstructlib.metrics import chance_retrieval
@@ -62,9 +65,12 @@ class MEMRunConfig:
         surrogate_pretrained: open_clip tag for the fine-tuning setting; None: from scratch.
         hacker: the hacker's CLIP architecture (transfer: e.g. RN50 noise, ViT-B-32 hacker).
         hacker_pretrained: open_clip tag the hacker fine-tunes from; None: from scratch.
-        hacker_seed: seed of the hacker's CLIPs (initial weights, data order), clean and protected
-            alike; None: the run's ``--seed``, which also draws the subset and the protection. Set it
-            to repeat the hacker on the same protected pairs.
+        hackers: independent hackers, each training a clean and a protected CLIP (at least 3 for a
+            figure one reports).
+        hacker_seed: base of the hackers' seeds: hacker ``i`` builds its CLIPs and orders its data
+            with ``derive_seed(hacker_seed, "hacker", i)``, a stream the surrogate never uses; None:
+            the run's ``--seed`` (which draws the subset and the protection). Set it to draw other
+            hackers for the same protected pairs.
         image_size: square side in pixels of the stored images (and of the noise).
         model_image_size: input side of both CLIPs (None: the architecture's own; the model resizes
             the [0, 1] images itself, so the noise stays in the stored images' pixels).
@@ -95,6 +101,7 @@ class MEMRunConfig:
     surrogate_pretrained: str | None = None
     hacker: str = "tiny-rn"
     hacker_pretrained: str | None = None
+    hackers: int = 1
     hacker_seed: int | None = None
     image_size: int = 32
     model_image_size: int | None = None
@@ -125,6 +132,7 @@ class MEMRunConfig:
         if self.countermeasure not in COUNTERMEASURES:
             raise ConfigError(f"countermeasure={self.countermeasure!r}: use one of {', '.join(COUNTERMEASURES)}")
         check_range("trigger_tokens", self.trigger_tokens, 1, 20)
+        check_range("hackers", self.hackers, 1, 100)
         check_range("eps", self.eps, 0.0, 127 / 255)
         check_range("image_size", self.image_size, 8, 1024)
         check_range("protect_fraction", self.protect_fraction, 0.0, 1.0)
@@ -207,7 +215,7 @@ _PROFILE_TABLE = {"quick": _quick, "colab": _colab, "paper": _paper}
 def resolve(cfg: MEMRunConfig, seed: int) -> MEMRunConfig:
     """The config as it runs: the protector's seeds are the run's ``--seed``; the ablations
     ``mem-noshuffle`` / ``mem-classwise`` write their switch into ``mem`` (so ``results.json`` shows it);
-    the hacker's data order follows ``hacker_seed`` when set."""
+    the hacker recipe's ``train.seed`` is the first hacker's seed (each hacker's is in ``metrics.hackers``)."""
     cfg = copy.deepcopy(cfg)
     cfg.mem.seed = cfg.em.seed = cfg.tap.seed = seed
     cfg.mem.surrogate.seed = cfg.em.surrogate.seed = seed  # unused by MEM (its own seed orders the batches)
@@ -215,8 +223,7 @@ def resolve(cfg: MEMRunConfig, seed: int) -> MEMRunConfig:
         cfg.mem.shuffle_captions = False
     if cfg.method == "mem-classwise":
         cfg.mem.num_groups = cfg.num_groups
-    if cfg.hacker_seed is not None:
-        cfg.train.seed = cfg.hacker_seed
+    cfg.train.seed = hacker_seeds(seed, cfg.hacker_seed, 1)[0]
     return cfg
 
 
@@ -252,8 +259,8 @@ def _protect_tap(cfg: MEMRunConfig, ctx: RunContext, train: Any, work: Any) -> t
     """Error-maximising image noise against a CLIP trained on the clean pairs (TAP-like, arXiv 2106.10807)."""
     surrogate = _surrogate(cfg, ctx)
     with ctx.timer("surrogate_training"):
-        fit_clip(surrogate, train, cfg.train, ctx.device, progress=ctx.progress,
-                 ckpt_dir=None if work is None else work / "clean_clip")
+        fit_clip(surrogate, train, dataclasses.replace(cfg.train, seed=ctx.seed), ctx.device,
+                 progress=ctx.progress, ckpt_dir=None if work is None else work / "clean_clip")
     with ctx.timer("noise_generation"):
         store = clip_error_max_noise(surrogate, train, cfg.tap, ctx.device, progress=ctx.progress)
     return _no_trigger(store, len(train)), {}
@@ -318,14 +325,14 @@ def _stored_protection(cfg: MEMRunConfig, ctx: RunContext, train: Any) -> tuple[
 
 
 # ---- the hacker ------------------------------------------------------------------------------
-def _hacker(cfg: MEMRunConfig, ctx: RunContext) -> HackerConfig:
-    """The hacker of this run; clean and protected rows start from the same weights and data order."""
+def _hacker(cfg: MEMRunConfig, seed: int) -> HackerConfig:
+    """Hacker ``seed``: its clean and protected rows start from the same weights and data order."""
     strip = cfg.strip_tokens if cfg.strip_tokens is not None else cfg.trigger_tokens
     return HackerConfig(
         arch=cfg.hacker, pretrained=cfg.hacker_pretrained, model_image_size=cfg.model_image_size,
         context_length=cfg.context_length, countermeasure=cfg.countermeasure, image_size=cfg.image_size,
-        crop_scale=cfg.crop_scale, jpeg_quality=cfg.jpeg_quality, strip_tokens=strip, train=cfg.train,
-        seed=cfg.hacker_seed if cfg.hacker_seed is not None else ctx.seed,
+        crop_scale=cfg.crop_scale, jpeg_quality=cfg.jpeg_quality, strip_tokens=strip,
+        train=dataclasses.replace(cfg.train, seed=seed), seed=seed,
     )
 
 
@@ -364,17 +371,22 @@ def run(cfg: MEMRunConfig, ctx: RunContext) -> dict[str, Any]:
     rng = np.random.default_rng(ctx.seed + 17)
     protected = np.zeros(len(train), bool)
     protected[rng.permutation(len(train))[: round(cfg.protect_fraction * len(train))]] = True
-    hacker = _hacker(cfg, ctx)
-    with ctx.timer("hacker_clean"):
-        clean_run = evaluate(train, hacker, test=test, protection=None, protected=protected, device=ctx.device,
-                             ckpt_dir=ctx.stage_dir("hacker_clean"), progress=ctx.progress)
-    with ctx.timer("hacker_protected"):
-        prot_run = evaluate(train, hacker, test=test, protection=result, protected=protected, device=ctx.device,
-                            ckpt_dir=ctx.stage_dir("hacker_protected"), progress=ctx.progress)
+    runs: dict[str, list[dict[str, Any]]] = {"clean": [], "protected": []}
+    seeds = hacker_seeds(ctx.seed, cfg.hacker_seed, cfg.hackers)
+    for i, seed in enumerate(seeds):
+        hacker, folder = _hacker(cfg, seed), ctx.stage_dir(f"hacker{i}")
+        for row, protection in (("clean", None), ("protected", result)):
+            with ctx.timer(f"hacker_{row}"):
+                runs[row].append(evaluate(train, hacker, test=test, protection=protection, protected=protected,
+                                          device=ctx.device, ckpt_dir=None if folder is None else folder / row,
+                                          progress=ctx.progress))
     # the timers above include each hacker's test evaluation; "evaluate" reports that part alone
-    ctx.timings_s["evaluate"] = round(clean_run["seconds"]["evaluate"] + prot_run["seconds"]["evaluate"], 3)
-    clean, prot = clean_run["metrics"], prot_run["metrics"]
-    clean_hist, prot_hist = clean_run["history"], prot_run["history"]
+    ctx.timings_s["evaluate"] = round(sum(r["seconds"]["evaluate"] for rs in runs.values() for r in rs), 3)
+    (clean, clean_sd), (prot, prot_sd) = (mean_and_sd([_row(r["metrics"]) for r in runs[row]])
+                                          for row in ("clean", "protected"))
+    drops = [{k: _row(c["metrics"])[k] - _row(p["metrics"])[k] for k in _row(p["metrics"]) if not k.startswith("medr")}
+             for c, p in zip(runs["clean"], runs["protected"])]
+    clean_hist, prot_hist = runs["clean"][0]["history"], runs["protected"][0]["history"]
     per_image = max(1, round(len(test) / test.num_images))
     chance = chance_retrieval(test.num_images, per_image)
     if "zero_shot_acc" in clean and getattr(test, "classes", None):
@@ -382,10 +394,13 @@ def run(cfg: MEMRunConfig, ctx: RunContext) -> dict[str, Any]:
     steps = len(clean_hist.get("step", [])) and clean_hist["step"][-1]
     gen_s = ctx.timings_s.get("noise_generation", 0.0)
     # training time per step from the history (a clean hacker resumed from a checkpoint costs ~0 s here)
-    step_s = (clean_hist.get("seconds") or [ctx.timings_s["hacker_clean"]])[-1] / max(steps, 1)
+    step_s = (clean_hist.get("seconds") or [ctx.timings_s["hacker_clean"] / cfg.hackers])[-1] / max(steps, 1)
+    drop, drop_sd = mean_and_sd(drops)
     return {
-        "clean": _row(clean), "protected": _row(prot), "chance": chance,
-        "drop": {k: _row(clean)[k] - _row(prot)[k] for k in _row(prot) if not k.startswith("medr")},
+        "clean": clean, "protected": prot, "chance": chance, "drop": drop,
+        "clean_sd": clean_sd, "protected_sd": prot_sd, "drop_sd": drop_sd,
+        "hackers": [{"seed": s, "clean": _row(c["metrics"]), "protected": _row(p["metrics"])}
+                    for s, c, p in zip(seeds, runs["clean"], runs["protected"])],
         "noise_bytes_per_pair": result.bytes_per_pair,
         "noise_linf": (float(np.abs(result.store.data.astype(np.int16)).max()) / 255.0
                        if result.store.data.size else 0.0),
@@ -393,7 +408,7 @@ def run(cfg: MEMRunConfig, ctx: RunContext) -> dict[str, Any]:
                        "clip_train_steps_per_s": 1.0 / step_s if step_s else None,
                        "noise_cost_in_train_steps": gen_s / step_s if step_s and gen_s else None},
         "curves": {"clean": {"step": clean_hist.get("step", []), "loss": clean_hist.get("loss", [])},
-                   "protected": {"step": prot_hist.get("step", []), "loss": prot_hist.get("loss", [])}},
+                   "protected": {"step": prot_hist.get("step", []), "loss": prot_hist.get("loss", [])}},  # hacker 0
         "method": cfg.method, "countermeasure": cfg.countermeasure, "protect_fraction": cfg.protect_fraction,
         "num_train_pairs": len(train), "num_train_images": int(train.num_images),
         "num_test_images": int(test.num_images), "store_mode": result.store.mode,

@@ -5,18 +5,24 @@ The Unlearnable Clusters experiment (Zhang et al., arXiv:2301.01217), with its b
 1. the protector perturbs the training images with ``--method``: ``uc`` (K-means clusters of a
    surrogate's features, one generator-made noise per cluster; surrogate ``rn50``), ``uc-clip``
    (the same with a CLIP image encoder), ``em-sample`` / ``em-class`` (Huang et al.'s
-   error-minimising noise, crafted with the ORIGINAL labels), ``tap`` (targeted adversarial
-   poisons against a clean model trained on the original labels) or ``random`` (uniform noise);
-2. the hacker relabels the images with ``--labels`` (``original``, ``coarse`` superclasses or a
-   seeded ``random-N`` grouping; see :mod:`obstructlib.data.labels`), optionally applies a
+   error-minimising noise, crafted with the protector's labels: the original classes, or under
+   ``--labels finer`` a coarse grouping), ``tap`` (targeted adversarial poisons against a clean
+   model trained on the protector's labels) or ``random`` (uniform noise);
+2. the hacker relabels the images with ``--labels`` (``original``, ``coarse`` superclasses, a
+   seeded ``random-N`` grouping, or ``finer``/``finer-N``: the protector knows only a coarse
+   grouping and the hacker trains on every class; see :mod:`obstructlib.data.labels`), optionally applies a
    ``--countermeasure`` (JPEG, grayscale, cutout, mixup, PGD adversarial training), and trains a
    FRESH ``--target-model`` on the protected images -- noise added on the fly and the result
    quantised to 8 bits, exactly what an exported PNG holds -- with the paper's SGD recipe;
 3. the same recipe on the clean images gives the ``clean`` row; both are evaluated on the CLEAN
    test set under the hacker's labels. Lower protected accuracy (closer to ``chance``) is better.
+   ``hackers`` independent hackers (initial weights and data order from their own streams, never
+   the protector's: :func:`~obstructlib.experiments.common.hacker_seeds`) each train both rows;
+   the rows report their mean, ``*_sd`` their spread, ``hackers`` each one.
 
 Every stage resumes from ``OUT/checkpoints``: the finished store (``store/``), the protection's
-own checkpoints (``protector/``) and both target trainings (``target_clean/``, ``target_protected/``).
+own checkpoints (``protector/``) and each hacker's two target trainings (``hacker<i>/clean/``,
+``hacker<i>/protected/``).
 """
 
 from __future__ import annotations
@@ -31,14 +37,15 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
 from obstructlib.config import check_linked, link
 from obstructlib.data import LabelledSubset, PerturbationStore, ProtectedDataset, load_dataset, seeded_subset
-from obstructlib.data.labels import parse_protocol, relabel_dataset
+from obstructlib.data.labels import parse_protocol, protector_protocol, relabel_dataset
 from obstructlib.engine import ClassifierTrainConfig, fit_classifier
 from obstructlib.errors import ConfigError, check_range
 from obstructlib.experiments import Flag, RunContext, Runner, register_runner
-from obstructlib.experiments.common import check_run_folder
+from obstructlib.experiments.common import check_run_folder, hacker_seeds, mean_and_sd
 from obstructlib.methods.uc.evaluate import HackerConfig, evaluate
 from obstructlib.methods.uc.method import UCConfig, protect
 from obstructlib.models import create_model
@@ -80,11 +87,16 @@ class UCRunConfig:
         dataset: classification spec (``synthetic``, ``cifar10``, ``cifar100``, ``folder:PATH`` ...).
         method: the protection, one of ``uc``, ``uc-clip``, ``em-sample``, ``em-class``, ``tap``, ``random``.
         target_model: the hacker's classifier, trained from scratch (:func:`~obstructlib.models.create_model`).
-        labels: the hacker's label protocol: ``original``, ``coarse`` or ``random-N``.
-        label_seed: seed of the ``random-N`` grouping.
-        target_seed: seed of the hacker's models (initial weights, data order) for the clean and the
-            protected target alike; None: the run's ``--seed``, which also draws the subset and the
-            protection. Set it to repeat the hacker on the same protected data.
+        labels: the label protocol (:mod:`obstructlib.data.labels`): ``original``, ``coarse``,
+            ``random-N`` (the hacker merges classes) or ``finer`` / ``finer-N`` (EM and TAP are
+            crafted with a coarse grouping, the hacker trains on every class).
+        label_seed: seed of the ``random-N`` / ``finer-N`` grouping.
+        hackers: independent hackers, each training a clean and a protected target (at least 3 for
+            a figure one reports).
+        hacker_seed: base of the hackers' seeds: hacker ``i`` builds its models and orders its data
+            with ``derive_seed(hacker_seed, "hacker", i)``, a stream the protector never uses; None:
+            the run's ``--seed`` (which draws the subset and the protection). Set it to draw other
+            hackers for the same protected data. (``target_seed`` is its old name.)
         countermeasure: ``none``, ``jpeg``, ``grayscale``, ``cutout``, ``mixup`` or ``adv``; applied
             to the clean row as well, so ``acc_drop`` measures the protection, not the defence.
         image_size: square side in pixels.
@@ -118,7 +130,8 @@ class UCRunConfig:
     target_model: str = "resnet20"
     labels: str = "original"
     label_seed: int = 0
-    target_seed: int | None = None
+    hackers: int = 1
+    hacker_seed: int | None = None
     countermeasure: str = "none"
     image_size: int = 32
     max_train_samples: int | None = 2000
@@ -141,6 +154,7 @@ class UCRunConfig:
     # One value, written to each place that uses it by --set (config.LINKED); validate refuses a mismatch.
     LINKED: ClassVar[dict[str, tuple[str, ...]]] = {"eps": ("uc.eps", "em.eps", "tap.eps"),
                                                      "surrogate": ("uc.surrogate",)}
+    ALIASES: ClassVar[dict[str, tuple[str, ...]]] = {"target_seed": ("hacker_seed",)}
 
     def validate(self) -> None:
         """Raise one-line :class:`ConfigError` for bad values (before anything runs)."""
@@ -150,6 +164,7 @@ class UCRunConfig:
             raise ConfigError(f"countermeasure={self.countermeasure!r}: use one of {', '.join(COUNTERMEASURES)}")
         check_range("eps", self.eps, 0.0, 127 / 255)
         check_range("image_size", self.image_size, 8, 1024)
+        check_range("hackers", self.hackers, 1, 100)
         check_range("jpeg_quality", self.jpeg_quality, 1, 100)
         check_range("cutout_size", self.cutout_size, 1, self.image_size)
         check_range("mixup_alpha", self.mixup_alpha, 1e-6, 100.0)
@@ -235,12 +250,11 @@ _PROFILE_TABLE = {"quick": _quick, "colab": _colab, "paper": _paper}
 
 
 def resolve(cfg: UCRunConfig, seed: int) -> UCRunConfig:
-    """The config as it runs: the protector's seeds are the run's ``--seed``; the hacker's data order
-    follows ``target_seed`` when set (recorded in ``results.json`` as such)."""
+    """The config as it runs: the protector's seeds are the run's ``--seed``; the hacker recipe's
+    ``train.seed`` is the first hacker's seed (each hacker's is in ``metrics.hackers``)."""
     cfg = copy.deepcopy(cfg)
     cfg.uc.seed = cfg.em.seed = cfg.tap.seed = seed
-    if cfg.target_seed is not None:
-        cfg.train.seed = cfg.target_seed
+    cfg.train.seed = hacker_seeds(seed, cfg.hacker_seed, 1)[0]
     return cfg
 
 
@@ -269,6 +283,11 @@ def _protect_random(cfg: UCRunConfig, ctx: RunContext, train: LabelledSubset, wo
     return store, {}
 
 
+def _protector_recipe(cfg: UCRunConfig, ctx: RunContext) -> ClassifierTrainConfig:
+    """The target recipe for the protector's own models, with the protector's data order (``--seed``)."""
+    return dataclasses.replace(cfg.train, seed=ctx.seed)
+
+
 def _protect_em(cfg: UCRunConfig, ctx: RunContext, train: LabelledSubset, work: Path | None, mode: str) -> tuple:
     model = create_model(cfg.protector_model, num_classes=len(train.classes))
     with ctx.timer("noise_generation"):
@@ -279,24 +298,24 @@ def _protect_em(cfg: UCRunConfig, ctx: RunContext, train: LabelledSubset, work: 
 
 @PROTECTIONS.register("em-sample")
 def _protect_em_sample(cfg: UCRunConfig, ctx: RunContext, train: LabelledSubset, work: Path | None) -> tuple:
-    """Sample-wise error-minimising noise (arXiv 2101.04898), crafted with the ORIGINAL labels."""
+    """Sample-wise error-minimising noise (arXiv 2101.04898), crafted with the protector's labels."""
     return _protect_em(cfg, ctx, train, work, "sample")
 
 
 @PROTECTIONS.register("em-class")
 def _protect_em_class(cfg: UCRunConfig, ctx: RunContext, train: LabelledSubset, work: Path | None) -> tuple:
-    """Class-wise error-minimising noise (arXiv 2101.04898), crafted with the ORIGINAL labels."""
+    """Class-wise error-minimising noise (arXiv 2101.04898), crafted with the protector's labels."""
     return _protect_em(cfg, ctx, train, work, "class")
 
 
 @PROTECTIONS.register("tap")
 def _protect_tap(cfg: UCRunConfig, ctx: RunContext, train: LabelledSubset, work: Path | None) -> tuple:
-    """Targeted adversarial poisons (arXiv 2106.10807) against a model trained on the original labels."""
+    """Targeted adversarial poisons (arXiv 2106.10807) against a model trained on the protector's labels."""
     model = create_model(cfg.protector_model, num_classes=len(train.classes))
     with ctx.timer("protector_training"):
-        hist = fit_classifier(model, ProtectedDataset(train, None, augment=_augment(cfg)), None, cfg.train,
-                              ctx.device, ckpt_dir=None if work is None else work / "clean_model",
-                              progress=ctx.progress)
+        hist = fit_classifier(model, ProtectedDataset(train, None, augment=_augment(cfg)), None,
+                              _protector_recipe(cfg, ctx), ctx.device,
+                              ckpt_dir=None if work is None else work / "clean_model", progress=ctx.progress)
     with ctx.timer("noise_generation"):
         store = error_maximizing_noise(model, train, cfg.tap, ctx.device, targeted=True, progress=ctx.progress,
                                        ckpt_dir=None if work is None else work / "noise")
@@ -304,8 +323,12 @@ def _protect_tap(cfg: UCRunConfig, ctx: RunContext, train: LabelledSubset, work:
 
 
 def _protect(cfg: UCRunConfig, ctx: RunContext, train: LabelledSubset) -> tuple[PerturbationStore, dict[str, Any]]:
-    """Run ``cfg.method`` on ``train`` (original labels available to EM/TAP only)."""
-    return PROTECTIONS.get(cfg.method)(cfg, ctx, train, ctx.stage_dir("protector"))
+    """Run ``cfg.method`` on ``train`` under the protector's labels of ``cfg.labels`` (read by EM, TAP
+    and a label-aware surrogate; UC and random noise read none). Its models are built from the
+    run's ``--seed``, a stream no hacker uses."""
+    known = relabel_dataset(train, protector_protocol(cfg.labels), seed=cfg.label_seed)
+    torch.manual_seed(ctx.seed)
+    return PROTECTIONS.get(cfg.method)(cfg, ctx, known, ctx.stage_dir("protector"))
 
 
 @PROTECTIONS.register("uc")
@@ -317,7 +340,7 @@ def _protect_uc(
     surrogate: Any = None  # protect() builds it from uc_cfg.surrogate
     if cfg.surrogate_epochs and uc_cfg.surrogate.startswith("classifier:"):
         surrogate = create_model(uc_cfg.surrogate.split(":", 1)[1], num_classes=len(train.classes))
-        recipe = dataclasses.replace(cfg.train, epochs=cfg.surrogate_epochs)
+        recipe = dataclasses.replace(_protector_recipe(cfg, ctx), epochs=cfg.surrogate_epochs)
         with ctx.timer("surrogate_training"):
             fit_classifier(surrogate, ProtectedDataset(train, None, augment=_augment(cfg)), None, recipe, ctx.device,
                            ckpt_dir=None if work is None else work / "surrogate", progress=ctx.progress)
@@ -362,49 +385,65 @@ def _jsonable(obj: Any) -> Any:
 
 
 # ---- the hacker ------------------------------------------------------------------------------
-def _hacker(cfg: UCRunConfig, ctx: RunContext) -> HackerConfig:
-    """The hacker of this run; clean and protected rows start from the same weights and data order."""
+def _hacker(cfg: UCRunConfig, seed: int) -> HackerConfig:
+    """Hacker ``seed``: its clean and protected rows start from the same weights and data order."""
     return HackerConfig(
         target_model=cfg.target_model, labels=cfg.labels, label_seed=cfg.label_seed,
         countermeasure=cfg.countermeasure, augment=cfg.augment, jpeg_quality=cfg.jpeg_quality,
-        cutout_size=cfg.cutout_size, mixup_alpha=cfg.mixup_alpha, adv=cfg.adv, train=cfg.train,
-        seed=cfg.target_seed if cfg.target_seed is not None else ctx.seed,
+        cutout_size=cfg.cutout_size, mixup_alpha=cfg.mixup_alpha, adv=cfg.adv,
+        train=dataclasses.replace(cfg.train, seed=seed), seed=seed,
     )
 
 
+def _mean_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row of the table: the hackers' mean test/train accuracy and curve, and their spread."""
+    mean, sd = mean_and_sd([{k: r[k] for k in ("test_acc", "train_acc") if r[k] is not None} for r in runs])
+    curve = np.mean([r["curve"] for r in runs], axis=0).tolist()
+    return {**mean, "train_acc": mean.get("train_acc"), "test_acc_sd": sd["test_acc"], "curve": curve}
+
+
 def run(cfg: UCRunConfig, ctx: RunContext) -> dict[str, Any]:
-    """Protect, relabel, train clean and protected targets, evaluate on the clean test set."""
+    """Protect, relabel, train clean and protected targets per hacker, evaluate on the clean test set."""
     check_run_folder(cfg, ctx)
     with ctx.timer("data"):
         train = _load_split(cfg, ctx, "train", cfg.max_train_samples)
         test = _load_split(cfg, ctx, "test", cfg.max_test_samples)
         # Relabel first: a bad --labels for this dataset fails before any expensive stage.
         relabel_dataset(train, cfg.labels, seed=cfg.label_seed)
+        relabel_dataset(train, protector_protocol(cfg.labels), seed=cfg.label_seed)
     if cfg.method in ("uc", "uc-clip") and cfg.uc.num_clusters > len(train):
         raise ConfigError(f"uc.num_clusters={cfg.uc.num_clusters} exceeds the {len(train)} training images: lower it")
     if cfg.train.batch_size > len(train):
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} exceeds the {len(train)} training images: lower it")
     store, info, resumed = _stored_protection(cfg, ctx, train)
-    hacker = _hacker(cfg, ctx)
-    with ctx.timer("target_training"):
-        clean = evaluate(train, hacker, test=test, store=None, device=ctx.device,
-                         ckpt_dir=ctx.stage_dir("target_clean"), progress=ctx.progress)
-        protected = evaluate(train, hacker, test=test, store=store, device=ctx.device,
-                             ckpt_dir=ctx.stage_dir("target_protected"), progress=ctx.progress)
-    rows = {name: {k: row[k] for k in ("test_acc", "train_acc", "curve")}
-            for name, row in (("clean", clean), ("protected", protected))}
+    runs: dict[str, list[dict[str, Any]]] = {"clean": [], "protected": []}
+    per_hacker = []
+    for i, seed in enumerate(hacker_seeds(ctx.seed, cfg.hacker_seed, cfg.hackers)):
+        hacker, folder = _hacker(cfg, seed), ctx.stage_dir(f"hacker{i}")
+        with ctx.timer("target_training"):
+            for row, noise in (("clean", None), ("protected", store)):
+                runs[row].append(evaluate(train, hacker, test=test, store=noise, device=ctx.device,
+                                          ckpt_dir=None if folder is None else folder / row, progress=ctx.progress))
+        per_hacker.append({"seed": seed, "clean": runs["clean"][-1]["test_acc"],
+                           "protected": runs["protected"][-1]["test_acc"]})
+    drops = [h["clean"] - h["protected"] for h in per_hacker]
+    first = runs["clean"][0]
     return {
-        **rows,
-        "chance": clean["chance"],
-        "acc_drop": clean["test_acc"] - protected["test_acc"],
+        "clean": _mean_row(runs["clean"]),
+        "protected": _mean_row(runs["protected"]),
+        "chance": first["chance"],
+        "acc_drop": float(np.mean(drops)),
+        "acc_drop_sd": float(np.std(drops, ddof=1)) if len(drops) > 1 else 0.0,
+        "hackers": per_hacker,
         "noise_linf": float(np.abs(store.data.astype(np.int16)).max()) / 255.0 if store.data.size else 0.0,
         "eps": store.eps_units / 255.0,
         "method": cfg.method,
         "labels": cfg.labels,
+        "protector_labels": protector_protocol(cfg.labels),
         "countermeasure": cfg.countermeasure,
         "num_classes_original": len(train.classes),
-        "num_classes_hacker": clean["num_classes"],
-        "label_mapping": clean["label_mapping"],
+        "num_classes_hacker": first["num_classes"],
+        "label_mapping": first["label_mapping"],
         "num_train": len(train),
         "num_test": len(test),
         "store_mode": store.mode,
@@ -425,7 +464,8 @@ register_runner(Runner(
         Flag("--dataset", "dataset", "classification dataset spec: a registered name or folder:PATH"),
         Flag("--method", "method", "protection (help: list them)"),
         Flag("--target-model", "target_model", "the hacker's classifier (resnet20, resnet18, digits_cnn ...)"),
-        Flag("--labels", "labels", "the hacker's labels: original, coarse or random-N"),
+        Flag("--labels", "labels",
+             "label protocol: original, coarse, random-N (the hacker merges), finer[-N] (the protector's are coarse)"),
         Flag("--countermeasure", "countermeasure", "the hacker's defence: " + ", ".join(COUNTERMEASURES)),
     ),
 ))
