@@ -20,6 +20,7 @@ from obstructlib.methods.mem.steps import clip_batch_loss
 from obstructlib.metrics import retrieval_metrics
 from obstructlib.models import create_clip
 from obstructlib.primitives.poisons import ErrorMaxConfig
+from obstructlib.primitives.text_triggers import trigger_vocabulary
 
 EPS = 8 / 255
 WORDS = ["red", "blue", "green", "small", "large", "round", "square", "dark"]
@@ -141,6 +142,22 @@ def test_triggers_are_never_special_and_hotflip_only_lowers_the_loss():
     assert not torch.isin(res.triggers, torch.tensor(model.special_token_ids)).any()
     for record in res.history:
         assert record["text_loss_after"] <= record["text_loss_before"] + 1e-6
+
+
+def test_a_reduced_trigger_vocabulary_holds_the_captions_words_and_bounds_every_trigger():
+    data = pairs()
+    model = clip()
+    res = ob.mem.protect(data, tiny_cfg(rounds=2, text_rounds=2, trigger_vocab=12), surrogate=model, device="cpu",
+                         progress=False)
+    tokens = tokenize_captions(model, data.captions)
+    caption_ids = set(tokens.unique().tolist()) - set(model.special_token_ids)
+    assert len(caption_ids) <= 12
+    vocab = trigger_vocabulary(tokens, model.vocab_size, 12, model.special_token_ids,
+                                      torch.Generator().manual_seed(1))
+    assert caption_ids <= set(vocab.tolist()) and len(vocab) == 12  # the captions' words, then random ids
+    assert set(res.triggers.unique().tolist()) <= set(vocab.tolist())  # HotFlip never left the vocabulary
+    with pytest.raises(ConfigError, match="trigger_vocab"):
+        tiny_cfg(trigger_vocab=1).validate()  # fewer ids than HotFlip candidates
 
 
 def test_em_variant_has_no_trigger():

@@ -8,6 +8,8 @@ ids the model sees.
   right (truncated captions keep their end-of-text token last, where CLIP reads the feature);
   :func:`strip_tokens` removes ``k`` ids there again (a hacker who suspects a trigger);
 - :func:`random_trigger` draws ids uniformly from the non-special vocabulary;
+- :func:`trigger_vocabulary` restricts the candidates to a reduced vocabulary (the captions' own
+  ids plus random others), and :func:`banned_outside` turns it into the ids to ban;
 - :func:`hotflip_candidates` ranks every vocabulary token for every trigger position by the
   first-order (linearised) change of the loss, ``-g_p . E_w`` (Ebrahimi et al.'s HotFlip);
 - :func:`hotflip_search` greedily walks the positions left to right and keeps, per position,
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from obstructlib.models.clip import ClipModel
 
 __all__ = [
+    "banned_outside",
     "decode_trigger",
     "hotflip_attack",
     "hotflip_candidates",
@@ -41,14 +44,79 @@ __all__ = [
     "insert_trigger",
     "random_trigger",
     "strip_tokens",
+    "trigger_vocabulary",
 ]
+
+
+def _ids_in_range(ids: Sequence[int] | torch.Tensor, vocab_size: int) -> torch.Tensor:
+    t = torch.as_tensor(ids, dtype=torch.long).flatten() if len(ids) else torch.empty(0, dtype=torch.long)
+    return t[(t >= 0) & (t < vocab_size)].unique()
+
+
+def trigger_vocabulary(
+    tokens: torch.Tensor,
+    vocab_size: int,
+    size: int,
+    special_ids: Sequence[int] = (),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """A reduced trigger vocabulary: the ids the captions use, then random other ids, ``size`` in all.
+
+    MEM's CPU demonstration (spec Sec. 4.2) keeps HotFlip over a small vocabulary; triggers drawn
+    from the captions' own words are also harder to strip by spotting foreign tokens. When the
+    captions use more than ``size`` ids, the ``size`` most frequent are kept.
+
+    Args:
+        tokens: tokenised captions ``(N, L)`` (padding and special ids are skipped).
+        vocab_size: V of the tokenizer.
+        size: ids in the vocabulary (at least 1).
+        special_ids: start, end and padding ids: never included.
+        generator: draws the random ids.
+
+    Shape:
+        Returns ``(size,)`` int64, sorted (fewer only when V minus the special ids is smaller).
+
+    Example:
+        >>> v = trigger_vocabulary(torch.tensor([[0, 5, 5, 7, 9]]), 10, 4, special_ids=[0, 9],
+        ...                        generator=torch.Generator().manual_seed(0))
+        >>> len(v), {5, 7} <= set(v.tolist()), bool(torch.isin(v, torch.tensor([0, 9])).any())
+        (4, True, False)
+    """
+    if size < 1:
+        raise ConfigError(f"trigger vocabulary size={size}: use at least 1 id, or none for the whole vocabulary")
+    banned = _ids_in_range(special_ids, vocab_size)
+    ids, counts = tokens.flatten().long().unique(return_counts=True)
+    keep = (ids >= 0) & (ids < vocab_size) & ~torch.isin(ids, banned)
+    ids, counts = ids[keep], counts[keep]
+    chosen = ids[counts.argsort(descending=True, stable=True)[:size]]
+    if len(chosen) < size:
+        rest = torch.ones(vocab_size, dtype=torch.bool)
+        rest[banned] = False
+        rest[chosen] = False
+        pool = rest.nonzero().squeeze(1)
+        extra = pool[torch.randperm(len(pool), generator=generator)[: size - len(chosen)]]
+        chosen = torch.cat([chosen, extra])
+    return chosen.sort().values
+
+
+def banned_outside(allowed: torch.Tensor, vocab_size: int, special_ids: Sequence[int] = ()) -> torch.Tensor:
+    """The ids to ban so that only ``allowed`` (minus the special ids) stay candidates.
+
+    Example:
+        >>> banned_outside(torch.tensor([1, 3]), 5, special_ids=[3]).tolist()
+        [0, 2, 3, 4]
+    """
+    keep = torch.zeros(vocab_size, dtype=torch.bool)
+    keep[_ids_in_range(allowed, vocab_size)] = True
+    keep[_ids_in_range(special_ids, vocab_size)] = False
+    return (~keep).nonzero().squeeze(1)
 
 
 def random_trigger(
     num: int,
     length: int,
     vocab_size: int,
-    banned_ids: Sequence[int] = (),
+    banned_ids: Sequence[int] | torch.Tensor = (),
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Uniformly random trigger ids that are never in ``banned_ids`` (special tokens).
@@ -65,7 +133,7 @@ def random_trigger(
         True
     """
     allowed = torch.ones(vocab_size, dtype=torch.bool)
-    allowed[[i for i in banned_ids if 0 <= i < vocab_size]] = False
+    allowed[_ids_in_range(banned_ids, vocab_size)] = False
     pool = allowed.nonzero().squeeze(1)
     if len(pool) == 0:
         raise ConfigError("every token id is banned: the trigger has no candidates")
@@ -73,7 +141,8 @@ def random_trigger(
 
 
 def hotflip_candidates(
-    grad: torch.Tensor, embedding_weight: torch.Tensor, num_candidates: int, banned_ids: Sequence[int] = ()
+    grad: torch.Tensor, embedding_weight: torch.Tensor, num_candidates: int,
+    banned_ids: Sequence[int] | torch.Tensor = (),
 ) -> torch.Tensor:
     """The ``K`` tokens per trigger position with the largest first-order loss DECREASE.
 
@@ -99,10 +168,10 @@ def hotflip_candidates(
     if not 1 <= num_candidates:
         raise ConfigError(f"num_candidates={num_candidates}: use at least 1")
     scores = -torch.einsum("bkd,vd->bkv", grad.float(), embedding_weight.detach().float())
-    banned = [i for i in banned_ids if 0 <= i < scores.shape[-1]]
-    if banned:
+    banned = _ids_in_range(banned_ids, scores.shape[-1])
+    if len(banned):
         scores[..., banned] = float("-inf")
-    allowed = scores.shape[-1] - len(set(banned))
+    allowed = scores.shape[-1] - len(banned)
     if num_candidates > allowed:
         raise ConfigError(f"num_candidates={num_candidates} exceeds the {allowed} allowed tokens")
     return scores.topk(num_candidates, dim=-1).indices
@@ -151,7 +220,7 @@ def hotflip_attack(
     trigger: torch.Tensor,
     loss_of_text_features: Callable[[torch.Tensor], torch.Tensor],
     num_candidates: int = 16,
-    banned_ids: Sequence[int] | None = None,
+    banned_ids: Sequence[int] | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float, float]:
     """One HotFlip update of per-caption triggers that MINIMISES a loss of the text features.
 
@@ -181,7 +250,7 @@ def hotflip_attack(
     eot = model.eot_token_id
     if eot is None:
         raise ConfigError("the model's tokenizer has no end-of-text token id: HotFlip needs a CLIP tokenizer")
-    banned = list(model.special_token_ids if banned_ids is None else banned_ids)
+    banned = model.special_token_ids if banned_ids is None else banned_ids
     k = trigger.shape[1]
     with torch.enable_grad():
         full = insert_trigger(tokens, trigger, eot)

@@ -50,7 +50,7 @@ from obstructlib.errors import ConfigError, check_min, check_range
 from obstructlib.methods.mem.steps import PairState, clip_batch_loss, shard_of, surrogate_steps, sync_shards
 from obstructlib.primitives.perturb import frozen, perturb_dataset
 from obstructlib.primitives.poisons import ErrorMaxConfig, drop_other_noise, load_noise, save_noise
-from obstructlib.primitives.text_triggers import random_trigger
+from obstructlib.primitives.text_triggers import banned_outside, random_trigger, trigger_vocabulary
 
 if TYPE_CHECKING:
     from obstructlib.models.clip import ClipModel
@@ -83,6 +83,11 @@ class MEMConfig:
             False is the "w/o shuffle" ablation).
         num_groups: class-wise MEM: pairs are assigned at random to this many groups sharing one
             noise and one trigger (official ``poison_class.py``); None: per pair (MEM).
+        trigger_vocab: the reduced-vocabulary trigger of the spec's CPU demonstration (Sec. 4.2):
+            triggers start in and HotFlip searches only this many ids, the captions' own most
+            frequent ids first, then random others
+            (:func:`~obstructlib.primitives.text_triggers.trigger_vocabulary`); None: the whole
+            non-special vocabulary (the official code's candidates, special ids masked).
         surrogate: the surrogate's AdamW (lr 1e-4, wd 0.2 off gains/biases/embeddings,
             betas (0.9, 0.999), eps 1e-8; the official cosine scheduler is never stepped, so the
             lr is constant; ``steps``/``warmup_steps`` are unused here).
@@ -102,6 +107,7 @@ class MEMConfig:
     batch_size: int = 128
     shuffle_captions: bool = True
     num_groups: int | None = None
+    trigger_vocab: int | None = None
     surrogate: ClipTrainConfig = field(default_factory=lambda: ClipTrainConfig(
         lr=1e-4, weight_decay=0.2, betas=(0.9, 0.999), eps=1e-8, warmup_steps=0, batch_size=128))
     seed: int = 0
@@ -134,6 +140,9 @@ class MEMConfig:
         check_min(self, ("text_rounds", "train_steps", "pgd_steps"), 0)
         if self.num_groups is not None and self.num_groups < 1:
             raise ConfigError(f"num_groups={self.num_groups}: use a positive number of groups, or none")
+        if self.trigger_vocab is not None and self.trigger_vocab < self.num_candidates:
+            raise ConfigError(f"trigger_vocab={self.trigger_vocab} is smaller than num_candidates="
+                              f"{self.num_candidates}: use at least that many ids, or none for the whole vocabulary")
         self.surrogate.validate()
 
 
@@ -186,7 +195,16 @@ def _mean_loss(
     return float(np.mean(losses)) if losses else float("nan")
 
 
-def _init_state(pairs: CaptionPairs, model: ClipModel, cfg: MEMConfig, shape: tuple) -> tuple:
+def _banned_ids(model: ClipModel, tokens: torch.Tensor, cfg: MEMConfig) -> torch.Tensor:
+    """The ids a trigger never uses: the special ids, and everything outside a reduced vocabulary."""
+    if cfg.trigger_vocab is None:
+        return torch.as_tensor(model.special_token_ids, dtype=torch.long)
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    vocab = trigger_vocabulary(tokens, model.vocab_size, cfg.trigger_vocab, model.special_token_ids, g)
+    return banned_outside(vocab, model.vocab_size, model.special_token_ids)
+
+
+def _init_state(pairs: CaptionPairs, model: ClipModel, cfg: MEMConfig, shape: tuple, banned: torch.Tensor) -> tuple:
     n = len(pairs)
     if cfg.num_groups is None:
         store, rows = PerturbationStore(n, shape, cfg.eps), np.arange(n)
@@ -194,8 +212,7 @@ def _init_state(pairs: CaptionPairs, model: ClipModel, cfg: MEMConfig, shape: tu
         rows = np.random.default_rng(cfg.seed).integers(0, cfg.num_groups, n)
         store = PerturbationStore(cfg.num_groups, shape, cfg.eps, mode="cluster", assignments=rows)
     g = torch.Generator().manual_seed(cfg.seed)
-    triggers = random_trigger(int(rows.max()) + 1 if n else 0, cfg.trigger_tokens, model.vocab_size,
-                              model.special_token_ids, g)
+    triggers = random_trigger(int(rows.max()) + 1 if n else 0, cfg.trigger_tokens, model.vocab_size, banned, g)
     return store, triggers, rows
 
 
@@ -246,8 +263,9 @@ def protect(
     start = time.perf_counter()
     model.to(device)
     shape = tuple(pairs[0][0].shape)
-    store, triggers, rows = _init_state(pairs, model, cfg, shape)
     tokens = tokenize_captions(model, pairs.captions)
+    banned = _banned_ids(model, tokens, cfg)
+    store, triggers, rows = _init_state(pairs, model, cfg, shape, banned)
     opt = clip_adamw(model, cfg.surrogate)
     ckpt = None if ckpt_dir is None else Path(ckpt_dir)
     state: dict[str, Any] = {"round": 0, "train_batches": 0, "history": []}
@@ -275,7 +293,8 @@ def protect(
     # eot None (a tokenizer without one) is fine until ProtectedPairs inserts a trigger
     data = ProtectedPairs(pairs, tokens, model.eot_token_id,  # type: ignore[arg-type]
                           store, triggers, rows, quantize=True)
-    players = PairState(model, tokens, triggers, rows, cfg.num_candidates, cfg.shuffle_captions, cfg.amp)
+    players = PairState(model, tokens, triggers, rows, cfg.num_candidates, cfg.shuffle_captions, cfg.amp,
+                        banned_ids=banned)
     shard = shard_of(len(pairs)) if cfg.num_groups is None else None
     for r in loop:
         t0 = time.perf_counter()

@@ -108,13 +108,15 @@ class PairState:
         num_candidates: HotFlip K.
         shuffle: caption shuffling in the image step (MEM's key device against overfitting).
         amp: autocast on CUDA.
+        banned_ids: ids HotFlip never picks (None: the model's special ids).
     """
 
     def __init__(self, model: ClipModel, tokens: torch.Tensor, triggers: torch.Tensor, trigger_rows: np.ndarray,
-                 num_candidates: int, shuffle: bool, amp: bool) -> None:
+                 num_candidates: int, shuffle: bool, amp: bool, banned_ids: torch.Tensor | None = None) -> None:
         self.model, self.tokens, self.triggers = model, tokens, triggers
         self.trigger_rows, self.k = np.asarray(trigger_rows, np.int64), triggers.shape[1]
         self.num_candidates, self.shuffle, self.amp = num_candidates, shuffle, amp
+        self.banned_ids = banned_ids
         self.eot = model.eot_token_id
         self.generator = torch.Generator().manual_seed(0)
         self.text_losses: list[tuple[float, float]] = []
@@ -151,7 +153,7 @@ class PairState:
         body = self.captions(idx, x.device)
         trig = self.trigger_of(idx).to(x.device)
         new, before, after = hotflip_attack(self.model, body, trig, lambda t: local_clip_loss(img, t.float(), scale),
-                                            self.num_candidates)
+                                            self.num_candidates, self.banned_ids)
         rows = torch.from_numpy(self.trigger_rows[idx.cpu().numpy()])
         # Shared rows (class-wise MEM): the last member of the batch wins (deliberate simplification).
         self.triggers[rows] = new.cpu()
