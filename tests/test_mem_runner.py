@@ -51,6 +51,8 @@ def test_mem_on_synthetic_captions_writes_results_and_resumes(tmp_path):
     assert m["noise_bytes_per_pair"] == pytest.approx(3 * 16 * 16 + 3 * 4)  # int8 noise + 3 int32 ids
     assert m["chance"]["t2i_r1"] == pytest.approx(100 / 6)
     assert len(m["protection"]["trigger_examples"]) == 8 and m["throughput"]["noise_pairs_per_s"] > 0
+    assert {"protected_loss", "clean_loss"} <= set(m["protection"]["history"][0])  # the shortcut, per round
+    assert set(m["hacker_loss_at"]["protected"]) == {"25", "50", "100"}  # 2 steps: the last logged loss
     assert results["config"]["mem"]["trigger_tokens"] == 3
     assert results["config"]["mem"]["eps"] == results["config"]["eps"]
     _, again = _run(tmp_path, "--method", "mem", "--trigger-tokens", "3")

@@ -345,6 +345,16 @@ class _PairsKwargs(TypedDict):
     progress: bool
 
 
+LOSS_STEPS = (25, 50, 100)  # the shortcut is learnt early: the hacker's loss at these steps
+
+
+def _loss_at(history: dict[str, Any], steps: tuple[int, ...] = LOSS_STEPS) -> dict[str, float]:
+    """The hacker's training loss at the last logged step at or before each of ``steps``."""
+    logged = list(zip(history.get("step", []), history.get("loss", [])))
+    return {str(s): float(next(loss for step, loss in reversed(logged) if step <= s))
+            for s in steps if any(step <= s for step, _ in logged)}
+
+
 def _row(metrics: dict[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if k in RETRIEVAL_KEYS or k == "zero_shot_acc"}
 
@@ -396,6 +406,7 @@ def run(cfg: MEMRunConfig, ctx: RunContext) -> dict[str, Any]:
     # training time per step from the history (a clean hacker resumed from a checkpoint costs ~0 s here)
     step_s = (clean_hist.get("seconds") or [ctx.timings_s["hacker_clean"] / cfg.hackers])[-1] / max(steps, 1)
     drop, drop_sd = mean_and_sd(drops)
+    loss_at = {row: mean_and_sd([_loss_at(r["history"]) for r in runs[row]])[0] for row in runs}
     return {
         "clean": clean, "protected": prot, "chance": chance, "drop": drop,
         "clean_sd": clean_sd, "protected_sd": prot_sd, "drop_sd": drop_sd,
@@ -407,6 +418,7 @@ def run(cfg: MEMRunConfig, ctx: RunContext) -> dict[str, Any]:
         "throughput": {"noise_pairs_per_s": len(train) / gen_s if gen_s else None,
                        "clip_train_steps_per_s": 1.0 / step_s if step_s else None,
                        "noise_cost_in_train_steps": gen_s / step_s if step_s and gen_s else None},
+        "hacker_loss_at": loss_at,  # mean over hackers, by training step
         "curves": {"clean": {"step": clean_hist.get("step", []), "loss": clean_hist.get("loss", [])},
                    "protected": {"step": prot_hist.get("step", []), "loss": prot_hist.get("loss", [])}},  # hacker 0
         "method": cfg.method, "countermeasure": cfg.countermeasure, "protect_fraction": cfg.protect_fraction,

@@ -156,8 +156,9 @@ class MEMResult:
         trigger_rows: pair -> trigger row ``(N,)``.
         history: one record per round: ``round``, ``train_loss`` (mean of its theta-steps),
             ``protected_loss`` (surrogate loss on protected batches after the round: the
-            shortcut's strength), ``text_loss_before``/``text_loss_after`` (mean HotFlip batch
-            loss, text rounds only) and ``seconds``.
+            shortcut's strength) beside ``clean_loss`` (the same pairs unprotected),
+            ``text_loss_before``/``text_loss_after`` (mean HotFlip batch loss, text rounds only)
+            and ``seconds``.
         seconds: wall time of the whole generation.
     """
 
@@ -293,6 +294,7 @@ def protect(
     # eot None (a tokenizer without one) is fine until ProtectedPairs inserts a trigger
     data = ProtectedPairs(pairs, tokens, model.eot_token_id,  # type: ignore[arg-type]
                           store, triggers, rows, quantize=True)
+    clean = ProtectedPairs(pairs, tokens, model.eot_token_id)  # type: ignore[arg-type]  # the same pairs unprotected
     players = PairState(model, tokens, triggers, rows, cfg.num_candidates, cfg.shuffle_captions, cfg.amp,
                         banned_ids=banned)
     shard = shard_of(len(pairs)) if cfg.num_groups is None else None
@@ -316,8 +318,9 @@ def protect(
                 desc=f"MEM round {r + 1}/{cfg.rounds}", before_batch=text, indices=shard)
         if shard is not None:
             sync_shards(store, triggers, rows)
+        # the shortcut's strength: the surrogate's loss on the published pairs against the same pairs clean
         record = {"round": r + 1, "train_loss": train_loss, "protected_loss": _mean_loss(model, data, cfg, device),
-                  "seconds": time.perf_counter() - t0}
+                  "clean_loss": _mean_loss(model, clean, cfg, device), "seconds": time.perf_counter() - t0}
         if players.text_losses:
             before, after = np.mean(players.text_losses, axis=0)
             record.update(text_loss_before=float(before), text_loss_after=float(after))
