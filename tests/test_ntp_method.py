@@ -295,7 +295,8 @@ def test_ntl_trains_and_resumes(tmp_path):
 
 # ---- the self-supervised variant -------------------------------------------------------------
 def test_nt_xent_hand_case_and_augment_range():
-    from obstructlib.methods.ntp.simclr import nt_xent_loss, simclr_augment
+    from obstructlib.primitives.augment import simclr_augment
+    from obstructlib.primitives.feature_losses import nt_xent_loss
 
     z1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     tau = 0.5
@@ -313,7 +314,7 @@ def test_nt_xent_hand_case_and_augment_range():
 
 
 def test_simclr_pretrain_moves_only_the_encoder_and_resumes(tmp_path):
-    from obstructlib.methods.ntp.simclr import SimCLRConfig, simclr_pretrain
+    from obstructlib.primitives.simclr import SimCLRConfig, simclr_pretrain
 
     model = tiny_model()
     head, enc = model.head.weight.clone(), model.encoder.body[0].weight.clone()

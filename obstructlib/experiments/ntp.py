@@ -39,15 +39,15 @@ from obstructlib.data import ArrayImageDataset, SizedDataset, load_domain, split
 from obstructlib.engine import ClassifierTrainConfig, fit_classifier
 from obstructlib.errors import ConfigError, check_range
 from obstructlib.experiments import Flag, RunContext, Runner, register_runner
-from obstructlib.experiments.common import check_run_folder
+from obstructlib.experiments.common import check_run_folder, derive_seed
 from obstructlib.methods.ntp.curves import accuracy, budget_subset
 from obstructlib.methods.ntp.evaluate import ATTACKS, DEFAULT_RATIOS, AttackConfig, evaluate
 from obstructlib.methods.ntp.method import LOSSES, NTPConfig, prune, train_target_head
 from obstructlib.methods.ntp.ntl import NTLConfig, train_ntl
 from obstructlib.methods.ntp.release import load_released, magnitude_prune, save_released
-from obstructlib.methods.ntp.simclr import SimCLRConfig, simclr_pretrain
 from obstructlib.models import create_model
 from obstructlib.primitives.pruning import sparsity_report
+from obstructlib.primitives.simclr import SimCLRConfig, simclr_pretrain
 from obstructlib.profiles import Profile
 from obstructlib.registry import Registry
 
@@ -317,7 +317,7 @@ def run(cfg: NTPRunConfig, ctx: RunContext) -> dict[str, Any]:
     released, masks, info = _protect(cfg, ctx, source_model, s_train, t_train)
     attack = AttackConfig(arch=cfg.arch, attack=cfg.attack, ratios=cfg.ratios, log_base=cfg.log_base,
                           curve_seeds=cfg.curve_seeds, curve=cfg.curve, source_finetune=cfg.source_finetune,
-                          seed=ctx.seed)
+                          seed=derive_seed(ctx.seed, "attacker"))  # never the owner's stream
     scores = evaluate(released, attack, masks=masks, source_model=source_model, source=(s_train, s_test),
                       target=(t_train, t_test), device=ctx.device, ckpt_dir=ctx.ckpt_dir, progress=ctx.progress)
     for stage, seconds in scores.pop("seconds").items():
@@ -325,6 +325,7 @@ def run(cfg: NTPRunConfig, ctx: RunContext) -> dict[str, Any]:
     return {
         "source_acc": {"original": acc_original, **scores.pop("source_acc")},
         "target_acc_released": scores.pop("target_acc_released"),
+        "attacker_seed": attack.seed,
         "sparsity": info["sparsity"]["all"],
         "sparsity_weights": info["sparsity"]["weights"],
         "sparsity_layers": info["sparsity"]["layers"],

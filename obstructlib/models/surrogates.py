@@ -8,6 +8,10 @@ from a name:
 - ``"classifier:<arch>"``: any registered obstructlib classifier's penultimate features
   (``model.features``), optionally from a checkpoint (a ``torch.save`` state dict, or an engine
   checkpoint directory holding ``model.safetensors``);
+- ``"simclr:<arch>"``: the same features of a classifier whose encoder was pre-trained WITHOUT
+  labels (SimCLR on the protector's images, :func:`obstructlib.methods.uc.pretrain_surrogate`);
+  there is no random-init default: pass the pretrained model itself, or its weights as
+  ``checkpoint``, else a one-line :class:`ConfigError` says to pretrain it;
 - ``"rn50"``: torchvision ResNet-50, the 2,048-d input of ``fc`` (UC's default surrogate);
   ``pretrained="imagenet"`` loads ``ResNet50_Weights.IMAGENET1K_V1`` (torchvision download or cache);
 - ``"clip:<arch>"``: an open_clip image encoder via :func:`~obstructlib.models.create_clip`, the
@@ -46,7 +50,7 @@ from obstructlib.models.registry import (
 
 __all__ = ["FeatureExtractor", "create_surrogate", "resolve_surrogate_pretrained"]
 
-SURROGATE_KINDS = ("classifier:<arch>", "rn50", "clip:<arch>")
+SURROGATE_KINDS = ("classifier:<arch>", "simclr:<arch>", "rn50", "clip:<arch>")
 
 
 class FeatureExtractor(nn.Module):
@@ -158,22 +162,27 @@ def _classifier_state(checkpoint: str | Path) -> dict[str, torch.Tensor]:
         path = path / "model.safetensors"
     if not path.is_file():
         raise ConfigError(f"surrogate checkpoint {checkpoint} does not exist: check the path")
+    state: dict[str, Any]
     if path.suffix == ".safetensors":
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "model_state", "net"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    return {k.removeprefix("module."): v for k, v in state.items()}
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("state_dict", "model", "model_state", "net"):
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+                break
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    if state and all(k.startswith(("model.", "proj.")) for k in state):  # simclr_pretrain's checkpoint
+        state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    return state
 
 
 def _build_classifier(
-    arch: str, num_classes: int | None, checkpoint: str | Path | None, **kw: Any
+    arch: str, num_classes: int | None, checkpoint: str | Path | None, kind: str = "classifier", **kw: Any
 ) -> ImageClassifier:
     if arch not in list_models():
         raise ConfigError(
-            f"unknown surrogate classifier {arch!r}: use classifier:<one of {', '.join(list_models())}>"
+            f"unknown surrogate classifier {arch!r}: use {kind}:<one of {', '.join(list_models())}>"
         )
     if checkpoint is None:
         return create_model(arch, num_classes or 10, **kw)
@@ -222,23 +231,28 @@ def create_surrogate(
     num_classes: int | None = None,
     checkpoint: str | Path | None = None,
     image_size: int | None = None,
+    label: str | None = None,
     **kwargs: Any,
 ) -> FeatureExtractor:
     """Build a frozen surrogate feature extractor by name (or wrap a model you already have).
 
     Args:
         name: ``"classifier:<arch>"`` (any :func:`~obstructlib.models.list_models` name),
-            ``"rn50"`` or ``"clip:<open_clip arch>"`` (``clip:RN50``, ``clip:tiny-rn``); or an
-            :class:`ImageClassifier` / :class:`ClipModel` / :class:`FeatureExtractor` instance.
+            ``"simclr:<arch>"`` (needs ``checkpoint``), ``"rn50"`` or ``"clip:<open_clip arch>"``
+            (``clip:RN50``, ``clip:tiny-rn``); or an :class:`ImageClassifier` /
+            :class:`ClipModel` / :class:`FeatureExtractor` instance.
         pretrained: ``rn50``: ``"imagenet"``, a state-dict file or None (random init);
             ``clip:``: an open_clip tag (``"openai"``), a file or None; ``"auto"`` picks the
             paper's weights (see :func:`resolve_surrogate_pretrained`). Ignored for classifiers.
         device: where to put the surrogate (None: CPU, or where a given model already is).
         num_classes: classifier head width (only matters for loading a checkpoint; inferred
             from the checkpoint's ``head.weight`` when None).
-        checkpoint: classifier weights: a state-dict file or an engine checkpoint directory.
+        checkpoint: ``classifier:`` / ``simclr:`` weights: a state-dict file or an engine
+            checkpoint directory (``simclr_pretrain``'s keeps the classifier under ``model.``).
         image_size: resize inputs to this side before the backbone (e.g. 224 for ImageNet
             weights on small images); None keeps the input size. CLIP always resizes to its own size.
+        label: the name recorded for a given model (``ext.name``, e.g. ``"simclr:resnet20"``);
+            None: ``classifier:<arch>`` / ``clip:<name>``. Ignored for names and extractors.
         **kwargs: architecture options for ``create_model`` / ``create_clip``.
 
     Returns:
@@ -256,13 +270,19 @@ def create_surrogate(
     if isinstance(name, FeatureExtractor):
         ext = name.requires_grad_(False).eval()
     elif isinstance(name, ImageClassifier):
-        ext = ClassifierFeatures(name, name.num_features, f"classifier:{name.arch}", image_size)
+        ext = ClassifierFeatures(name, name.num_features, label or f"classifier:{name.arch}", image_size)
     elif isinstance(name, ClipModel):
-        ext = ClipFeatures(name, name.embed_dim, f"clip:{name.name}", image_size)
+        ext = ClipFeatures(name, name.embed_dim, label or f"clip:{name.name}", image_size)
     elif not isinstance(name, str):
         raise ConfigError(f"surrogate must be a name or a classifier/CLIP model, got {type(name).__name__}")
-    elif name.startswith("classifier:"):
-        model = _build_classifier(name.split(":", 1)[1], num_classes, checkpoint, **kwargs)
+    elif name.startswith("simclr:") and checkpoint is None:
+        raise ConfigError(
+            f"surrogate {name!r} must be pre-trained first: pass the model from "
+            "ob.uc.pretrain_surrogate as surrogate=, or its saved weights as checkpoint"
+        )
+    elif name.startswith(("classifier:", "simclr:")):
+        kind, arch = name.split(":", 1)
+        model = _build_classifier(arch, num_classes, checkpoint, kind, **kwargs)
         ext = ClassifierFeatures(model, model.num_features, name, image_size)
     elif name == "rn50":
         net = _build_rn50(resolve_surrogate_pretrained(name, pretrained))

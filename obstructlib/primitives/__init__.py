@@ -11,7 +11,8 @@
   one registry;
 - :mod:`~obstructlib.primitives.pruning`: masks, their parametrisation and magnitude pruning;
 - :mod:`~obstructlib.primitives.image_triggers`: BadNet, Blended, SIG, WaNet, patch and SSBA image triggers;
-- :mod:`~obstructlib.primitives.feature_losses`: Gaussian MMD, the Fisher ratio, NT-Xent.
+- :mod:`~obstructlib.primitives.feature_losses`: Gaussian MMD, the Fisher ratio, NT-Xent;
+- :mod:`~obstructlib.primitives.simclr`: label-free SimCLR pre-training of a classifier's encoder.
 
 Modules are imported on first use (``from obstructlib.primitives.perturb import pgd``); this
 package imports none of them eagerly.

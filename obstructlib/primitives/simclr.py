@@ -1,16 +1,23 @@
-"""A small SimCLR: contrastive self-supervised pre-training of a classifier's encoder.
+"""A small SimCLR: contrastive self-supervised pre-training of a classifier's encoder, without labels.
 
-NTP's self-supervised variant protects an encoder that was pre-trained without labels (SimCLR /
-MoCo checkpoints in the paper, CIFAR-10 -> STL-10): ``obstruct ntp --set source_init=simclr``
-pre-trains ``model.encoder`` with :func:`simclr_pretrain` on the source images, then the runner
-attaches the linear head and fine-tunes encoder and head on the labelled source set (the
-official pipeline's step 1) before pruning. Offline there are no SSL checkpoints, so the encoder
-is pre-trained here; on Colab a longer run (or loading a checkpoint into the model) stands in
-for the paper's public weights.
+Two papers need an encoder trained on images alone, and offline there are no public SSL weights,
+so the encoder is pre-trained here (on Colab a longer run, or loading a checkpoint into the model,
+stands in for the papers' public weights):
+
+- NTP's self-supervised variant protects an encoder pre-trained without labels (SimCLR / MoCo
+  checkpoints in the paper): ``obstruct ntp --set source_init=simclr`` pre-trains
+  ``model.encoder`` on the source images, then attaches the linear head and fine-tunes;
+- Unlearnable Clusters needs a label-free surrogate whose features it k-means-clusters (ImageNet
+  or CLIP weights in the paper): the ``simclr:<arch>`` surrogate is pre-trained on the protector's
+  own images.
+
+:func:`simclr_pretrain` never uses the labels of the items it is given (they are discarded by the
+loop); callers that must prove it wrap their dataset so that labels are not even read.
 
 References:
     Chen et al., A Simple Framework for Contrastive Learning of Visual Representations, arXiv:2002.05709.
     Ding et al., Non-transferable Pruning, arXiv:2410.08015 (Sec. on self-supervised encoders).
+    Zhang et al., Unlearnable Clusters, arXiv:2301.01217 (label-agnostic surrogates).
 
 Example:
     >>> history = simclr_pretrain(model, source_train, SimCLRConfig(epochs=1), "cpu")  # doctest: +SKIP

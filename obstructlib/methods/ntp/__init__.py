@@ -21,7 +21,6 @@ from obstructlib.methods.ntp.evaluate import ATTACKS, DEFAULT_RATIOS, AttackConf
 from obstructlib.methods.ntp.method import NTPConfig, NTPResult, nt_loss, prune, train_target_head
 from obstructlib.methods.ntp.ntl import NTLConfig, ntl_loss, train_ntl
 from obstructlib.methods.ntp.release import finetune, load_released, magnitude_prune, save_released
-from obstructlib.methods.ntp.simclr import SimCLRConfig, simclr_pretrain
 from obstructlib.methods.ntp.steps import (
     ADMMState,
     admm_init,
@@ -30,6 +29,7 @@ from obstructlib.methods.ntp.steps import (
     paired_batches,
     soft_threshold,
 )
+from obstructlib.primitives.simclr import SimCLRConfig, simclr_pretrain
 
 Config = NTPConfig
 Result = NTPResult

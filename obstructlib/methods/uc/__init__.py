@@ -2,6 +2,8 @@
 
 - :class:`Config` / :class:`Result` and :func:`protect`: the method (surrogate features ->
   k-means -> one generator per cluster -> a cluster-mode noise store);
+- :func:`pretrain_surrogate` (with :class:`SimCLRConfig`): the offline surrogate, pre-trained on the
+  protector's images without labels (``simclr:<arch>``) or, label-aware, with them (``classifier:<arch>``);
 - :class:`HackerConfig` and :func:`evaluate`: the evaluation protocol (a label-agnostic hacker
   relabels, applies a countermeasure and trains a fresh classifier; clean test accuracy);
 - the steps, for the notebook: :func:`extract_features`, :func:`kmeans`, :func:`cluster_targets`,
@@ -21,7 +23,9 @@ from obstructlib.methods.uc.steps import (
     train_generator,
     uc_loss,
 )
+from obstructlib.methods.uc.surrogates import pretrain_surrogate
 from obstructlib.primitives.kmeans import kmeans
+from obstructlib.primitives.simclr import SimCLRConfig
 
 Config = UCConfig
 Result = UCResult
@@ -30,12 +34,14 @@ __all__ = [
     "Config",
     "HackerConfig",
     "Result",
+    "SimCLRConfig",
     "UCConfig",
     "UCResult",
     "cluster_targets",
     "evaluate",
     "extract_features",
     "kmeans",
+    "pretrain_surrogate",
     "project_noise",
     "protect",
     "train_generator",

@@ -68,7 +68,7 @@ __all__ = [
     "uc_loss",
 ]
 
-_SURROGATE_HINT = "use 'rn50', 'clip:<open_clip arch>' or 'classifier:<arch>'"
+_SURROGATE_HINT = "use 'rn50', 'clip:<open_clip arch>', 'simclr:<arch>' or 'classifier:<arch>'"
 
 
 @dataclass
@@ -80,10 +80,14 @@ class UCConfig:
         eps: budget in [0, 1] pixel units: L-inf radius (16/255, at most 127/255 for the int8
             store) or, with ``norm="l2"``, the L2 norm every noise is rescaled to.
         norm: ``"linf"`` (clip the generator output) or ``"l2"`` (rescale it to norm ``eps``).
-        surrogate: ``"rn50"`` (UC), ``"clip:RN50"`` (UC-CLIP), ``"clip:tiny-rn"``, ``"classifier:<arch>"``.
+        surrogate: ``"rn50"`` (UC), ``"clip:RN50"`` (UC-CLIP), ``"clip:tiny-rn"``, ``"classifier:<arch>"``,
+            or ``"simclr:<arch>"`` (label-free, offline; pre-train it with
+            :func:`~obstructlib.methods.uc.surrogates.pretrain_surrogate` and pass the model to
+            :func:`protect`, or give its weights as ``surrogate_checkpoint``).
         surrogate_pretrained: weights (see ``create_surrogate``); ``"auto"`` = the paper's
             (ImageNet for rn50, OpenAI for CLIP archs that have them), None = random init.
-        surrogate_checkpoint: weights file / engine checkpoint dir for a ``classifier:`` surrogate.
+        surrogate_checkpoint: weights file / engine checkpoint dir for a ``classifier:`` or
+            ``simclr:`` surrogate.
         surrogate_image_size: resize images to this side inside the surrogate (None: as is).
         epochs: passes over the training images per generator (50 in the paper; the quick
             profile of ``obstruct uc`` uses 3).
@@ -144,7 +148,7 @@ class UCConfig:
             raise ConfigError(f"train_on={self.train_on!r}: use 'all' or 'cluster'")
         s = self.surrogate
         if not (
-            s == "rn50" or (isinstance(s, str) and s.split(":", 1)[0] in ("clip", "classifier") and ":" in s)
+            s == "rn50" or (isinstance(s, str) and s.split(":", 1)[0] in ("clip", "classifier", "simclr") and ":" in s)
         ):
             raise ConfigError(f"unknown surrogate {s!r}: {_SURROGATE_HINT}")
         check_min(self, ("epochs", "batch_size", "ngf", "kmeans_n_init", "kmeans_iters"))
@@ -208,6 +212,12 @@ def _store_noise(noises: torch.Tensor, cfg: UCConfig) -> tuple[float, torch.Tens
     return min(cfg.eps, MAX_UNITS / 255), torch.trunc(noises * 255) / 255
 
 
+def _surrogate_label(name: str, model: nn.Module | str | None) -> str | None:
+    """``name`` when ``model`` is a classifier of the architecture it names (``simclr:resnet20``), else None."""
+    kind, _, arch = name.partition(":")
+    return name if kind in ("classifier", "simclr") and arch == getattr(model, "arch", None) else None
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -231,7 +241,9 @@ def protect(
         cfg: settings (validated here).
         surrogate: a name, model (``ImageClassifier``/``ClipModel``) or ``FeatureExtractor`` to
             use instead of ``cfg.surrogate`` (e.g. a classifier the caller just trained). A given
-            model is frozen in place.
+            model is frozen in place; a classifier of the architecture ``cfg.surrogate`` names
+            (``simclr:<arch>`` from :func:`~obstructlib.methods.uc.surrogates.pretrain_surrogate`)
+            is recorded under that name, other classifiers as ``classifier:<arch>``.
         device: where to compute (``"auto"``/None: CUDA when available).
         ckpt_dir: keep ``fingerprint.json``, ``clusters.pt``, one ``generator_XXX.pt`` per finished
             generator and the final ``perturbation.npy`` here; a rerun skips what is done.
@@ -264,6 +276,7 @@ def protect(
             checkpoint=cfg.surrogate_checkpoint,
             image_size=cfg.surrogate_image_size,
             device=device,
+            label=_surrogate_label(cfg.surrogate, surrogate),
         )
     ckpt = Path(ckpt_dir) if ckpt_dir is not None else None
     if ckpt is not None:
