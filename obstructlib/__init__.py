@@ -45,7 +45,8 @@ _LAZY = {
     "create_model": "obstructlib.models", "create_clip": "obstructlib.models",
     "ClipModel": "obstructlib.models",
     # engine
-    "seed_everything": "obstructlib.engine", "resolve_device": "obstructlib.engine",
+    "seed_everything": "obstructlib.engine", "derive_seed": "obstructlib.engine",
+    "resolve_device": "obstructlib.engine",
     "autocast": "obstructlib.engine", "fit_classifier": "obstructlib.engine",
     "fit_clip": "obstructlib.engine",
     "evaluate_clip": "obstructlib.engine", "ClipTrainConfig": "obstructlib.engine",

@@ -59,23 +59,28 @@ class Spy:
 
 
 UC_TINY = ["max_train_samples=40", "max_test_samples=20", "image_size=16", "train.epochs=1", "train.batch_size=20",
-           "target_model=digits_cnn", "protector_model=digits_cnn", "surrogate=classifier:digits_cnn",
-           "surrogate_epochs=1", "uc.num_clusters=2", "uc.epochs=1", "uc.ngf=4", "uc.n_blocks=1",
-           "uc.batch_size=20", "uc.kmeans_n_init=1", "em.max_rounds=1", "em.steps=1", "em.train_steps=1",
-           "em.batch_size=20", "tap.steps=1", "tap.batch_size=20"]
+           "target_model=digits_cnn", "protector_model=digits_cnn", "surrogate_epochs=1", "uc.num_clusters=2",
+           "uc.epochs=1", "uc.ngf=4", "uc.n_blocks=1", "uc.batch_size=20", "uc.kmeans_n_init=1", "em.max_rounds=1",
+           "em.steps=1", "em.train_steps=1", "em.batch_size=20", "tap.steps=1", "tap.batch_size=20"]
 
 
-@pytest.mark.parametrize("method", ["em-sample", "tap", "uc"])
-def test_uc_hackers_never_share_the_protectors_weights_or_data_order(tmp_path, monkeypatch, method):
+@pytest.mark.parametrize("method, surrogate", [("em-sample", None), ("tap", None), ("uc", "classifier:digits_cnn"),
+                                               ("uc", "simclr:digits_cnn")])
+def test_uc_hackers_never_share_the_protectors_weights_or_data_order(tmp_path, monkeypatch, method, surrogate):
     runner = importlib.import_module("obstructlib.experiments.uc")
     hacker = importlib.import_module("obstructlib.methods.uc.evaluate")  # the package exports a function of that name
 
     spy = Spy(monkeypatch)
-    spy.factory(runner, "create_model", "protector")  # EM's and TAP's model, the label-aware surrogate
+    surrogates = importlib.import_module("obstructlib.methods.uc.surrogates")
+    spy.factory(runner, "create_model", "protector")  # EM's and TAP's model
+    spy.factory(surrogates, "create_model", "protector")  # UC's surrogate, label-free or label-aware
     spy.factory(hacker, "create_model", "hacker")
     spy.trainer(runner, "fit_classifier", "protector")
+    spy.trainer(surrogates, "fit_classifier", "protector")
+    spy.trainer(surrogates, "simclr_pretrain", "protector")
     spy.trainer(hacker, "fit_classifier", "hacker")
-    res = ob.run("uc", profile="quick", seed=0, overrides=[*UC_TINY, f"method={method}", "hackers=2"],
+    extra = [f"surrogate={surrogate}", "simclr.batch_size=20"] if surrogate else []
+    res = ob.run("uc", profile="quick", seed=0, overrides=[*UC_TINY, f"method={method}", "hackers=2", *extra],
                  out=tmp_path / "run", progress=False)
     cfg = res["config"]
     spy.check(0, {cfg["uc"]["seed"], cfg["em"]["seed"], cfg["tap"]["seed"]})

@@ -302,4 +302,4 @@ def register_prefix(prefix: str) -> Callable[[LoaderT], LoaderT]:
 def _import_loaders() -> None:
     # The loader modules register themselves on import; import them lazily to keep
     # `import obstructlib` cheap and free of import cycles.
-    from obstructlib.data import caption_sets, captions, embedded, large, vision  # noqa: F401
+    from obstructlib.data import caption_sets, captions, embedded, large, scenes, vision  # noqa: F401

@@ -7,6 +7,7 @@ one seed, runs on CPU or CUDA without code changes, and can be checkpointed with
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import random
 from contextlib import AbstractContextManager
 from typing import Any, cast
@@ -22,11 +23,27 @@ __all__ = [
     "autocast",
     "count_parameters",
     "grad_scaler",
+    "derive_seed",
     "resolve_device",
     "rng_state",
     "seed_everything",
     "set_rng_state",
 ]
+
+
+def derive_seed(seed: int, role: str, index: int = 0) -> int:
+    """The seed of one role's random stream in a run: a 31-bit hash of ``(seed, role, index)``.
+
+    The protector's streams use the run's ``--seed`` itself; a hacker, victim or attacker draws its
+    initial weights and data order from ``derive_seed(seed, "hacker", i)``, which never coincides
+    with the protector's (it would need a 31-bit hash collision) nor with another hacker's.
+
+    Example:
+        >>> derive_seed(0, "hacker") != 0, derive_seed(0, "hacker", 0) != derive_seed(0, "hacker", 1)
+        (True, True)
+    """
+    digest = hashlib.sha256(f"{int(seed)}/{role}/{int(index)}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -8,7 +8,6 @@ the resolved profile, device, seed, data root and output folder; it times stages
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import shutil
@@ -25,6 +24,7 @@ import torch
 from obstructlib.config import config_to_dict
 from obstructlib.engine.checkpoint import write_json_atomic
 from obstructlib.engine.fingerprint import check_fingerprint
+from obstructlib.engine.utils import derive_seed
 from obstructlib.errors import ConfigError, ObstructError
 from obstructlib.profiles import Profile
 
@@ -135,21 +135,6 @@ def remove_if_created(out_dir: Path, existed_before: bool) -> None:
     """Remove a run folder this invocation created, so bad input leaves nothing half-written."""
     if not existed_before and out_dir.exists():
         shutil.rmtree(out_dir, ignore_errors=True)
-
-
-def derive_seed(seed: int, role: str, index: int = 0) -> int:
-    """The seed of one role's random stream in a run: a 31-bit hash of ``(seed, role, index)``.
-
-    The protector's streams use the run's ``--seed`` itself; a hacker, victim or attacker draws its
-    initial weights and data order from ``derive_seed(seed, "hacker", i)``, which never coincides
-    with the protector's (it would need a 31-bit hash collision) nor with another hacker's.
-
-    Example:
-        >>> derive_seed(0, "hacker") != 0, derive_seed(0, "hacker", 0) != derive_seed(0, "hacker", 1)
-        (True, True)
-    """
-    digest = hashlib.sha256(f"{int(seed)}/{role}/{int(index)}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 def hacker_seeds(run_seed: int, base: int | None, count: int) -> list[int]:

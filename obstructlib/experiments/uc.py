@@ -38,16 +38,19 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from sklearn.metrics import normalized_mutual_info_score
 
 from obstructlib.config import check_linked, link
 from obstructlib.data import LabelledSubset, PerturbationStore, ProtectedDataset, load_dataset, seeded_subset
 from obstructlib.data.labels import parse_protocol, protector_protocol, relabel_dataset
+from obstructlib.data.wrappers import labels_of
 from obstructlib.engine import ClassifierTrainConfig, fit_classifier
 from obstructlib.errors import ConfigError, check_range
 from obstructlib.experiments import Flag, RunContext, Runner, register_runner
 from obstructlib.experiments.common import check_run_folder, hacker_seeds, mean_and_sd
 from obstructlib.methods.uc.evaluate import HackerConfig, evaluate
 from obstructlib.methods.uc.method import UCConfig, protect
+from obstructlib.methods.uc.surrogates import pretrain_surrogate
 from obstructlib.models import create_model
 from obstructlib.primitives.augment import pad_crop_flip
 from obstructlib.primitives.countermeasures import (
@@ -64,6 +67,7 @@ from obstructlib.primitives.poisons import (
     error_minimizing_noise,
     random_noise_store,
 )
+from obstructlib.primitives.simclr import SimCLRConfig
 from obstructlib.profiles import Profile
 from obstructlib.registry import Registry
 
@@ -109,9 +113,13 @@ class UCRunConfig:
             trains, as the paper's recipe does (resize + random crop + flip).
         surrogate: UC's feature extractor for ``--method uc`` (paper: ``rn50``, ImageNet weights).
         clip_surrogate: the same for ``--method uc-clip`` (paper: ``clip:RN50``, OpenAI weights).
-        surrogate_epochs: for a ``classifier:ARCH`` surrogate, epochs of supervised training on
-            the protector's images first (a stand-in for a pretrained network where none can be
-            downloaded; these labels train the surrogate only, never the noise); 0 keeps it as built.
+        surrogate_epochs: epochs of training a surrogate on the protector's images first, a
+            stand-in for a pretrained network where none can be downloaded: ``simclr:ARCH`` (the
+            label-free surrogate, SimCLR with the ``simclr`` recipe; reads no label) or
+            ``classifier:ARCH`` (the label-aware surrogate, supervised on the protector's labels:
+            its clusters follow the classes, which UC's protector is not meant to know); 0 keeps it
+            as built (see :func:`~obstructlib.methods.uc.surrogates.pretrain_surrogate`).
+        simclr: the SimCLR recipe of a ``simclr:ARCH`` surrogate (``epochs`` is ``surrogate_epochs``).
         uc: Unlearnable Clusters settings (clusters, generator, its training; ``uc.surrogate`` and
             ``uc.eps`` are ``surrogate`` and ``eps``; ``uc-clip`` uses ``clip_surrogate`` instead;
             ``uc.seed`` is the run's ``--seed``).
@@ -141,6 +149,7 @@ class UCRunConfig:
     surrogate: str = "rn50"
     clip_surrogate: str = "clip:RN50"
     surrogate_epochs: int = 0
+    simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
     uc: UCConfig = field(default_factory=UCConfig)
     protector_model: str = "resnet20"
     em: ErrorMinConfig = field(default_factory=ErrorMinConfig)
@@ -184,6 +193,7 @@ class UCRunConfig:
         self.em.validate()
         self.tap.validate()
         self.adv.validate()
+        self.simclr.validate()
         self.train.validate()
 
     @classmethod
@@ -218,7 +228,8 @@ def _quick(cls: type, profile: Profile, recipe: ClassifierTrainConfig) -> UCRunC
     return cls(
         dataset="digits", target_model="digits_cnn", image_size=16,
         max_train_samples=profile.max_train_samples, max_test_samples=profile.max_test_samples,
-        surrogate="classifier:digits_cnn", clip_surrogate="clip:tiny-rn", surrogate_epochs=10,
+        surrogate="simclr:digits_cnn", clip_surrogate="clip:tiny-rn", surrogate_epochs=10,
+        simclr=SimCLRConfig(batch_size=128, temperature=0.2),
         uc=UCConfig(surrogate_pretrained=None, **UC_QUICK),
         protector_model="digits_cnn",
         em=ErrorMinConfig(step_size=2 / 255, steps=10, max_rounds=10, batch_size=128),
@@ -253,7 +264,7 @@ def resolve(cfg: UCRunConfig, seed: int) -> UCRunConfig:
     """The config as it runs: the protector's seeds are the run's ``--seed``; the hacker recipe's
     ``train.seed`` is the first hacker's seed (each hacker's is in ``metrics.hackers``)."""
     cfg = copy.deepcopy(cfg)
-    cfg.uc.seed = cfg.em.seed = cfg.tap.seed = seed
+    cfg.uc.seed = cfg.em.seed = cfg.tap.seed = cfg.simclr.seed = seed
     cfg.train.seed = hacker_seeds(seed, cfg.hacker_seed, 1)[0]
     return cfg
 
@@ -337,13 +348,12 @@ def _protect_uc(
 ) -> tuple[PerturbationStore, dict]:
     """Unlearnable Clusters (arXiv 2301.01217): k-means of surrogate features, one generator per cluster."""
     uc_cfg = dataclasses.replace(cfg.uc, surrogate=cfg.clip_surrogate) if cfg.method == "uc-clip" else cfg.uc
-    surrogate: Any = None  # protect() builds it from uc_cfg.surrogate
-    if cfg.surrogate_epochs and uc_cfg.surrogate.startswith("classifier:"):
-        surrogate = create_model(uc_cfg.surrogate.split(":", 1)[1], num_classes=len(train.classes))
-        recipe = dataclasses.replace(_protector_recipe(cfg, ctx), epochs=cfg.surrogate_epochs)
-        with ctx.timer("surrogate_training"):
-            fit_classifier(surrogate, ProtectedDataset(train, None, augment=_augment(cfg)), None, recipe, ctx.device,
-                           ckpt_dir=None if work is None else work / "surrogate", progress=ctx.progress)
+    with ctx.timer("surrogate_training"):  # None: protect() builds it from uc_cfg.surrogate
+        surrogate = pretrain_surrogate(uc_cfg.surrogate, train, num_classes=len(train.classes),
+                                       epochs=cfg.surrogate_epochs, recipe=_protector_recipe(cfg, ctx),
+                                       simclr=cfg.simclr, device=ctx.device,
+                                       augment=_augment(cfg), progress=ctx.progress,
+                                       ckpt_dir=None if work is None else work / "surrogate")
     start = time.perf_counter()
     result = protect(train, uc_cfg, surrogate=surrogate, device=ctx.device,
                      ckpt_dir=None if work is None else work / "uc", progress=ctx.progress)
@@ -427,6 +437,9 @@ def run(cfg: UCRunConfig, ctx: RunContext) -> dict[str, Any]:
         per_hacker.append({"seed": seed, "clean": runs["clean"][-1]["test_acc"],
                            "protected": runs["protected"][-1]["test_acc"]})
     drops = [h["clean"] - h["protected"] for h in per_hacker]
+    if store.mode == "cluster":  # how class-like the protector's clusters are (measured, never used to protect)
+        truth = labels_of(train)
+        info = {**info, "cluster_class_nmi": float(normalized_mutual_info_score(truth, store.assignments))}
     first = runs["clean"][0]
     return {
         "clean": _mean_row(runs["clean"]),
