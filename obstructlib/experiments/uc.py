@@ -203,14 +203,14 @@ class UCRunConfig:
         - quick (CPU, offline, minutes): scikit-learn's handwritten digits (1,438 training and 359
           test images, embedded, no download) at 16 px, with the 25 k-parameter ``digits_cnn`` as
           the hacker's target for the profile's 10 epochs at batch 128. No pretrained weights exist
-          offline, so UC's surrogate is ``classifier:digits_cnn`` trained 10 epochs on the
-          protector's own images (a stand-in for ImageNet pretraining; its clusters then follow the
-          digits with purity about 0.87) and UC-CLIP's a randomly initialised ``clip:tiny-rn`` (an
-          explicitly weaker surrogate); generators from ``UC_QUICK`` (ngf 16, 2 blocks,
-          3 epochs, Adam 1e-3: the spec's small-budget deviation); EM with 2/255 steps, 10 rounds.
-          (On the synthetic shapes a surrogate trained for seconds clusters by background, not by
-          shape, and UC barely works there: 43% -> 39%. On the digits UC gives about 53% against
-          about 92% clean.)
+          offline, and UC's protector has no labels, so UC's surrogate is ``simclr:digits_cnn``:
+          a digits_cnn whose encoder is pre-trained 10 epochs with SimCLR on the protector's own
+          images, never reading a label (``classifier:digits_cnn`` is the label-aware alternative:
+          supervised on the labels, its clusters are the classes). UC-CLIP's surrogate is a
+          randomly initialised ``clip:tiny-rn`` (an explicitly weaker surrogate); generators from
+          ``UC_QUICK`` (ngf 16, 2 blocks, 3 epochs, Adam 1e-3: the spec's small-budget
+          deviation); EM with 2/255 steps, 10 rounds. Measured with 3 independent hackers: clean
+          93.2 +- 0.9 %, UC 60.5 +- 4.6 % (chance 10 %), clusters against digits NMI 0.71.
         - colab (one GPU): CIFAR-10 at 32 px, 20,000 images (``--dataset cifar100 --labels coarse``
           for the 100 -> 20 experiment), ResNet-18 target for 30 epochs; ImageNet ``rn50`` seeing
           224 px and OpenAI ``clip:RN50`` surrogates; generators ngf 32, 4 blocks, 10 epochs.
