@@ -127,17 +127,11 @@ def test_ntp_attacker_draws_from_its_own_stream(tmp_path, monkeypatch):
             "curve.batch_size=32", "source_finetune.epochs=1", "source_finetune.batch_size=32", "ntp.epochs=1",
             "ntp.batch_size=32", "ntp.max_iters=1", "ntp.min_iters=1", "ntp.head_epochs=1", "method=sparsity"]
     res = ob.run("ntp", profile="quick", seed=0, overrides=tiny, out=tmp_path / "run", progress=False)
-    owner = {v for k, v in _seeds(res["config"])}
+    from test_config_resolution import _seed_fields
+
+    owner = {v for _, v in _seed_fields(res["config"])}
     assert seen["seed"] == derive_seed(0, "attacker") == res["metrics"]["attacker_seed"]
     assert seen["seed"] not in owner | {0}
-
-
-def _seeds(tree, prefix=""):
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from _seeds(value, f"{prefix}{key}.")
-        elif key == "seed":
-            yield f"{prefix}{key}", value
 
 
 def test_derived_seeds_are_distinct_across_roles_runs_and_hackers():
