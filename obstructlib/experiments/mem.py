@@ -332,7 +332,7 @@ def _hacker(cfg: MEMRunConfig, seed: int) -> HackerConfig:
         arch=cfg.hacker, pretrained=cfg.hacker_pretrained, model_image_size=cfg.model_image_size,
         context_length=cfg.context_length, countermeasure=cfg.countermeasure, image_size=cfg.image_size,
         crop_scale=cfg.crop_scale, jpeg_quality=cfg.jpeg_quality, strip_tokens=strip,
-        train=dataclasses.replace(cfg.train, seed=seed), seed=seed,
+        train=cfg.train, seed=seed,  # the seed sets the initial weights and the data order
     )
 
 

@@ -401,7 +401,7 @@ def _hacker(cfg: UCRunConfig, seed: int) -> HackerConfig:
         target_model=cfg.target_model, labels=cfg.labels, label_seed=cfg.label_seed,
         countermeasure=cfg.countermeasure, augment=cfg.augment, jpeg_quality=cfg.jpeg_quality,
         cutout_size=cfg.cutout_size, mixup_alpha=cfg.mixup_alpha, adv=cfg.adv,
-        train=dataclasses.replace(cfg.train, seed=seed), seed=seed,
+        train=cfg.train, seed=seed,  # the seed sets the initial weights and the data order
     )
 
 

@@ -11,6 +11,7 @@ classes) on the CLEAN test pairs. :func:`evaluate` runs the hacker once -- on th
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -47,8 +48,10 @@ class HackerConfig:
         jpeg_quality: quality of ``jpeg``.
         strip_tokens: tokens ``strip`` drops after the start token.
         train: the training recipe (its ``seed`` sets the data order).
-        seed: ``torch.manual_seed`` right before the CLIP is built (its initial weights); None
-            leaves the global RNG as it is.
+        seed: the hacker's stream: ``torch.manual_seed`` right before the CLIP is built (its
+            initial weights) and the data order (it replaces ``train.seed``); draw it with
+            ``derive_seed(seed, "hacker", i)`` so it never equals the protector's. None leaves the
+            global RNG and ``train.seed`` as they are.
     """
 
     arch: str = "tiny-rn"
@@ -80,6 +83,11 @@ def build_hacker(cfg: HackerConfig, device: torch.device | str | None = None) ->
         torch.manual_seed(cfg.seed)
     kw = {} if cfg.context_length is None else {"context_length": cfg.context_length}
     return create_clip(cfg.arch, cfg.pretrained, device=device, image_size=cfg.model_image_size, **kw)
+
+
+def _recipe(cfg: HackerConfig) -> ClipTrainConfig:
+    """The training recipe, its data order following the hacker's ``seed`` when one is set."""
+    return cfg.train if cfg.seed is None else dataclasses.replace(cfg.train, seed=cfg.seed)
 
 
 def evaluate(
@@ -127,7 +135,7 @@ def evaluate(
                           None if protection is None else protection.trigger_rows, protected, quantize=True,
                           transform=transform, strip_first=strip)
     start = time.perf_counter()
-    history = fit_clip(model, data, cfg.train, device, ckpt_dir=None if ckpt_dir is None else Path(ckpt_dir),
+    history = fit_clip(model, data, _recipe(cfg), device, ckpt_dir=None if ckpt_dir is None else Path(ckpt_dir),
                        progress=progress, collate=pair_collate)
     trained = time.perf_counter()
     metrics = evaluate_clip(model, test, device)

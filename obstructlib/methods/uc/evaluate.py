@@ -10,6 +10,7 @@ same :class:`HackerConfig` must serve both rows, so the difference measures the 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +50,10 @@ class HackerConfig:
         mixup_alpha: Beta parameter of ``mixup``.
         adv: PGD adversarial training of ``adv``.
         train: the training recipe (its ``seed`` sets the data order).
-        seed: ``torch.manual_seed`` right before the model is built (its initial weights); None
-            leaves the global RNG as it is.
+        seed: the hacker's stream: ``torch.manual_seed`` right before the model is built (its
+            initial weights) and the data order (it replaces ``train.seed``); draw it with
+            ``derive_seed(seed, "hacker", i)`` so it never equals the protector's. None leaves the
+            global RNG and ``train.seed`` as they are.
     """
 
     target_model: str = "resnet20"
@@ -76,6 +79,11 @@ class HackerConfig:
             raise ConfigError(f"cutout_size={self.cutout_size}: use 1 or more pixels")
         self.adv.validate()
         self.train.validate()
+
+
+def _recipe(cfg: HackerConfig) -> ClassifierTrainConfig:
+    """The training recipe, its data order following the hacker's ``seed`` when one is set."""
+    return cfg.train if cfg.seed is None else dataclasses.replace(cfg.train, seed=cfg.seed)
 
 
 def evaluate(
@@ -118,10 +126,10 @@ def evaluate(
     model = create_model(cfg.target_model, num_classes=len(train_h.classes))
     ckpt = None if ckpt_dir is None else Path(ckpt_dir)
     if cfg.countermeasure in BATCH_COUNTERMEASURES:
-        history = fit_defended(model, data, test_h, cfg.train, device, countermeasure=cfg.countermeasure,
+        history = fit_defended(model, data, test_h, _recipe(cfg), device, countermeasure=cfg.countermeasure,
                                mixup_alpha=cfg.mixup_alpha, adv=cfg.adv, ckpt_dir=ckpt, progress=progress)
     else:
-        history = fit_classifier(model, data, test_h, cfg.train, device, ckpt_dir=ckpt, progress=progress)
+        history = fit_classifier(model, data, test_h, _recipe(cfg), device, ckpt_dir=ckpt, progress=progress)
     train_acc = history.get("train_acc") or []
     return {
         "test_acc": float(history["test_acc"][-1]),
