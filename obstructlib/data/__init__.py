@@ -26,7 +26,9 @@ from obstructlib.data.domains import STYLES, RestyledDataset, load_domain, resty
 from obstructlib.data.embedded import COLORS, DOMAINS, SHAPES, SUPERCLASSES, SyntheticShapes, generate_shapes
 from obstructlib.data.labels import (
     RelabelledDataset,
+    hacker_protocol,
     parse_protocol,
+    protector_protocol,
     relabel,
     relabel_dataset,
     superclass_map,
@@ -73,11 +75,13 @@ __all__ = [
     "insert_trigger",
     "labels_of",
     "list_datasets",
+    "hacker_protocol",
     "load_dataset",
     "load_domain",
     "load_pairs",
     "pair_collate",
     "parse_protocol",
+    "protector_protocol",
     "register_dataset",
     "relabel",
     "relabel_dataset",
