@@ -264,6 +264,8 @@ def test_released_resnet20_matches_akamaster_logits():
     with torch.no_grad():
         logits = model(x)
         reference = _akamaster_resnet_forward(state, (x - model.normalize.mean) / model.normalize.std)
-    torch.testing.assert_close(reference, expected, rtol=0, atol=1e-6)
+    # The stored logits came from another CPU: float32 kernels differ by a few 1e-6 between machines
+    # (4.8e-6 seen), so the fixture is checked at 2e-5; the regression guard is the same-machine comparison
+    # of our model with the reference forward, at 1e-6 (the pooling bug moved it by 2.9e-6).
+    torch.testing.assert_close(reference, expected, rtol=0, atol=2e-5)
     torch.testing.assert_close(logits, reference, rtol=0, atol=1e-6)
-    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-6)
