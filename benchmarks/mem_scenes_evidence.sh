@@ -22,20 +22,8 @@ COMMON="--profile quick --dataset synthetic-scenes --no-progress --set hackers=3
  --set train.lr=1e-3"
 SCHED="rounds=$ROUNDS train_steps=100 pgd_steps=5 step_size=2/255 batch_size=128"
 sched() { for kv in $SCHED; do printf -- "--set %s.%s " "$1" "$kv"; done; }
-run() { # name, extra args
-  local name=$1; shift
-  echo "== $name $(date +%T)"
-  /usr/bin/time -f "$name wall %e s maxrss %M KB" $OB mem $COMMON --out "$R/$name" "$@" > "$R/$name.log" 2>&1
-  tail -1 "$R/$name.log"
-}
-share() { # from, to, stage...: copy finished stages of another run (waits for it)
-  local from=$1 to=$2; shift 2
-  while [ ! -f "$R/$from/results.json" ]; do sleep 20; done
-  mkdir -p "$R/$to/checkpoints"
-  for stage in "$@"; do
-    [ -d "$R/$to/checkpoints/$stage" ] || cp -r "$R/$from/checkpoints/$stage" "$R/$to/checkpoints/$stage"
-  done
-}
+CMD=mem
+source benchmarks/evidence_lib.sh  # the repository root is the working folder (cd above)
 CLEAN="hacker0/clean hacker1/clean hacker2/clean"
 run mem3 --method mem --trigger-tokens 3 $(sched mem) --set mem.text_rounds=2 --set mem.num_candidates=16
 share mem3 em $CLEAN; run em --method em $(sched em)

@@ -25,20 +25,8 @@ COMMON="--profile quick --dataset $D --target-model resnet20 --no-progress --set
  --set surrogate=simclr:resnet20 --set surrogate_epochs=${SIMCLR_EPOCHS:-20} --set simclr.batch_size=256 \
  --set simclr.temperature=0.5 --set protector_model=resnet20 --set uc.epochs=${UC_EPOCHS:-4} \
  --set em.steps=1 --set em.stop_acc=0.9 --set em.max_rounds=30 --set em.shuffle_search=true"
-run() { # name, extra args
-  local name=$1; shift
-  echo "== $name $(date +%T)"
-  /usr/bin/time -f "$name wall %e s maxrss %M KB" $OB uc $COMMON --out "$R/$name" "$@" > "$R/$name.log" 2>&1
-  tail -1 "$R/$name.log"
-}
-share() { # from, to, stage...: copy finished stages of another run (waits for it)
-  local from=$1 to=$2; shift 2
-  while [ ! -f "$R/$from/results.json" ]; do sleep 20; done
-  mkdir -p "$R/$to/checkpoints"
-  for stage in "$@"; do
-    [ -d "$R/$to/checkpoints/$stage" ] || cp -r "$R/$from/checkpoints/$stage" "$R/$to/checkpoints/$stage"
-  done
-}
+CMD=uc
+source benchmarks/evidence_lib.sh  # the repository root is the working folder (cd above)
 CLEAN="hacker0/clean hacker1/clean hacker2/clean"
 lane_a() {
   run uc-original --method uc --labels original
