@@ -174,6 +174,9 @@ def _quick_embedded(cls: type) -> UBTRunConfig:
     victim's lr the pool's ellipses overtake the poisons: D_u precision 0.14) and integrated
     gradients, which name the target in 14/14 of D_u's captions (gradient x input: 7/14, so the
     clean check sat on its threshold); UBT: CA 43.8%, ASR 0.0% (seed 1: 45.2/97.8 -> 43.0/0.0).
+    Those figures are an earlier torch build's. On torch 2.14.1 (notebook 03, section 9) seeds 0-2
+    give victims at ASR 86.2 / 98.4 / 99.8%; UBT takes seeds 1 and 2 to 0.2 / 0.0% (CA -4.8 / -2.8)
+    and refuses at seed 0, whose victim is under the 90% gate (450 victim steps: ASR 87.4%).
     The check's lift threshold is 12, not 7: one caption per image, a class word fills 10% of D, so a
     clean D_u made of one class reaches lift 10 (the references measured 5.0 and 7.9, the second a
     false alarm at 7), while the target at a 5% rate reaches 20 (both seeds).
