@@ -7,6 +7,9 @@ The CLI turns it into exit status 2; notebooks show the line instead of a deep t
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 
 class ObstructError(Exception):
     """Bad input from the user: the message is one line saying what to do."""
@@ -20,6 +23,37 @@ class DatasetNotFoundError(ObstructError, FileNotFoundError):
     """A dataset is not on disk; the message says where we looked and how to fetch it."""
 
 
+class NonFiniteError(ObstructError, ArithmeticError):
+    """NaN or inf where a number belongs: a diverged model's outputs, or a metric computed from them.
+
+    A metric of NaN features is not a bad score but no score (NaN similarities rank every correct
+    item first: perfect retrieval), so the metrics raise this instead of returning a number.
+    """
+
+
+def check_finite(name: str, values: Any) -> Any:
+    """Raise :class:`NonFiniteError` if the tensor/array ``values`` holds NaN or inf; return it.
+
+    Example:
+        >>> import torch
+        >>> check_finite("image features", torch.tensor([[1.0, float("nan")]]))
+        Traceback (most recent call last):
+        ...
+        obstructlib.errors.NonFiniteError: image features hold 1 NaN/inf of 2 values: the model diverged ...
+    """
+    import torch
+
+    t = values if isinstance(values, torch.Tensor) else torch.as_tensor(values)
+    if t.is_floating_point() or t.is_complex():
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            raise NonFiniteError(
+                f"{name} hold {bad} NaN/inf of {t.numel()} values: the model diverged or its inputs are broken "
+                "(lower the learning rate or set a gradient clip, then rerun with --restart); no metric is computed"
+            )
+    return values
+
+
 def check_range(name: str, value: float, low: float, high: float, *, inclusive: bool = True) -> float:
     """Raise :class:`ConfigError` unless ``low <= value <= high`` (or strict when not inclusive).
 
@@ -27,7 +61,7 @@ def check_range(name: str, value: float, low: float, high: float, *, inclusive: 
         >>> check_range("eps", 8 / 255, 0, 1)
         0.03137254901960784
     """
-    ok = low <= value <= high if inclusive else low < value < high
+    ok = low <= value <= high if inclusive else low < value < high  # NaN compares False: refused
     if not ok:
         brackets = "[{}, {}]" if inclusive else "({}, {})"
         raise ConfigError(f"{name}={value} is outside {brackets.format(low, high)}: pick a value in that range")
@@ -57,6 +91,15 @@ def check_min(cfg: object, names: tuple[str, ...], low: float = 1, *, strict: bo
         value = getattr(cfg, name)
         if value is None and allow_none:
             continue
-        if value is None or value < low or (strict and value == low):
+        if value is None or not _finite(value) or value < low or (strict and value == low):
             want = f"a value > {low:g}" if strict else "a positive integer" if low == 1 else f"a value >= {low:g}"
+            if value is not None and not _finite(value):
+                want = f"a finite {want[2:]}"
             raise ConfigError(f"{prefix}{name}={value}: use {want}")
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(value)
+    except TypeError:  # not a real number: the comparison after this says what is wrong
+        return True

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -221,12 +222,24 @@ def load_checkpoint(
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON to ``path`` through a temporary file and ``os.replace`` (never half-written)."""
+    """Write JSON to ``path`` through a temporary file and ``os.replace`` (never half-written).
+
+    NaN and inf (an accuracy over an empty class, a ratio with nothing to divide) are written as
+    ``null``: a bare ``NaN`` is not JSON, and strict readers (``jq``, JavaScript) refuse the file.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "r.json"
+        >>> write_json_atomic(f, {"acc": float("nan"), "rows": [1.5, float("inf")]})
+        >>> json.loads(f.read_text())
+        {'acc': None, 'rows': [1.5, None]}
+    """
+    payload = _finite_or_null(json.loads(json.dumps(payload, default=json_default)))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=False, default=json_default)
+            json.dump(payload, f, indent=2, sort_keys=False, default=json_default, allow_nan=False)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
@@ -244,3 +257,14 @@ def json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _finite_or_null(obj: Any) -> Any:
+    """The JSON-like tree with every NaN/inf number replaced by None."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {key: _finite_or_null(value) for key, value in obj.items()}
+    if isinstance(obj, list):
+        return [_finite_or_null(value) for value in obj]
+    return obj

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from obstructlib.errors import ConfigError
+from obstructlib.errors import ConfigError, check_finite
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence
 
@@ -51,7 +51,7 @@ def _predictions(
     """Return integer predictions ``(N,)`` (argmax of 2-D logits) and targets on the same device."""
     x = _as_tensor(logits_or_preds, "predictions")
     if x.ndim == 2:
-        preds = x.argmax(dim=1)
+        preds = check_finite("logits", x).argmax(dim=1)  # argmax of NaN rows is arbitrary
     elif x.ndim == 1:
         preds = x.long()
     else:
@@ -183,8 +183,9 @@ def zero_shot_accuracy(
         >>> zero_shot_accuracy(torch.eye(2), torch.eye(2), torch.tensor([0, 0]))
         0.5
     """
-    img = F.normalize(_as_tensor(image_features, "image_features").float(), dim=-1)
-    cls = F.normalize(_as_tensor(class_features, "class_features").float().to(img.device), dim=-1)
+    img = F.normalize(check_finite("image_features", _as_tensor(image_features, "image_features").float()), dim=-1)
+    cls = F.normalize(check_finite("class_features", _as_tensor(class_features, "class_features").float()
+                                   .to(img.device)), dim=-1)
     if img.ndim != 2 or cls.ndim != 2 or img.shape[1] != cls.shape[1]:
         raise ConfigError(
             f"feature shapes {tuple(img.shape)} and {tuple(cls.shape)} do not match: pass (N, D) and (C, D)"
@@ -259,6 +260,8 @@ def kl_divergence(logits_p: ArrayLike, logits_q: ArrayLike, reduction: str = "me
         )
     if reduction not in ("mean", "sum", "none"):
         raise ConfigError(f"reduction={reduction!r} is unknown: use 'mean', 'sum' or 'none'")
+    check_finite("logits_p", p)
+    check_finite("logits_q", q)
     p, q = p.reshape(-1, p.shape[-1]), q.reshape(-1, q.shape[-1])
     log_p, log_q = F.log_softmax(p, dim=-1), F.log_softmax(q, dim=-1)
     per_sample = (log_p.exp() * (log_p - log_q)).sum(dim=-1).clamp_min(0.0)  # clamp: rounding can give -1e-17

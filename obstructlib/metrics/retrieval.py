@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from obstructlib.errors import ConfigError
+from obstructlib.errors import ConfigError, check_finite
 
 __all__ = ["chance_retrieval", "median_rank", "retrieval_metrics", "retrieval_ranks"]
 
@@ -39,6 +39,7 @@ def _features(x: torch.Tensor | np.ndarray, name: str, device: torch.device | st
     t = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
     if t.ndim != 2 or t.shape[0] == 0:
         raise ConfigError(f"{name} has shape {tuple(t.shape)}: pass a non-empty (N, D) feature matrix")
+    check_finite(name, t)  # NaN similarities would rank every correct item first
     return t.to(device=device if device is not None else t.device, dtype=torch.float32)
 
 
