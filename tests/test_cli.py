@@ -1,6 +1,7 @@
 """The interface contract of the `obstruct` command."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -57,3 +58,27 @@ def test_clip_run_writes_results_and_resumes(tmp_path, capsys):
     again = json.loads((out / "results.json").read_text())
     assert again["timings_s"]["train"] < max(1.0, results["timings_s"]["train"])
     assert again["metrics"]["i2t_r1"] == results["metrics"]["i2t_r1"]
+
+
+def test_a_second_run_into_a_busy_folder_is_refused_and_the_first_keeps_its_files(tmp_path, cli_fails):
+    from obstructlib.experiments.common import LOCK_FILE, run_lock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "kept.txt").write_text("the first run's file")
+    with run_lock(out):   # the first run, still going
+        assert (out / LOCK_FILE).read_text() == str(os.getpid())
+        err = cli_fails(["clip", "--out", str(out), *TINY], "is in use by PID")
+        assert str(os.getpid()) in err
+        assert (out / "kept.txt").exists() and (out / LOCK_FILE).exists()
+    assert not (out / LOCK_FILE).exists()   # released with the block
+    with run_lock(out):   # and free again
+        pass
+
+
+def test_an_out_that_is_a_file_is_one_line(tmp_path, cli_fails):
+    target = tmp_path / "results.txt"
+    target.write_text("not a folder")
+    cli_fails(["clip", "--out", str(target), *TINY], "give another --out")
+    assert target.read_text() == "not a folder"
+    cli_fails(["clip", "--out", str(target / "run"), *TINY], "give another --out")

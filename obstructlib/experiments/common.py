@@ -14,7 +14,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,6 +159,45 @@ def mean_and_sd(rows: Sequence[dict[str, Any]]) -> tuple[dict[str, float], dict[
     return mean, sd
 
 
+LOCK_FILE = ".lock"
+
+
+@contextmanager
+def run_lock(out_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder for the ``with`` block.
+
+    Two runs into one ``--out`` would race on the same checkpoints and temporary folders; the
+    second is refused at once with the first one's PID. The lock is an ``flock`` on
+    ``OUT/.lock``, so the operating system releases it when a run dies, however it dies (a killed
+    run never leaves a stale lock). Where ``fcntl`` does not exist (Windows) no lock is taken.
+
+    Raises:
+        ConfigError: another process holds the lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path = out_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+            raise ConfigError(f"{out_dir} is in use by PID {holder}: wait for that run to finish, "
+                              "or give this one another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)  # still held: no other run can be between unlink and close
+    finally:
+        os.close(fd)
+
+
 def check_run_folder(cfg: Any, ctx: RunContext) -> None:
     """Refuse to resume checkpoints made with a different config (they would be silently mixed).
 
@@ -214,13 +253,17 @@ def execute(name: str, *, profile: str | None, overrides: Sequence[str], seed: i
     seed_everything(seed)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        metrics = runner.run(cfg, ctx)
-    except ObstructError:
+    except OSError as err:
+        raise ConfigError(f"cannot create the run folder {out_dir} ({err.strerror}): give another --out") from None
+    with run_lock(out_dir) if dist_info.is_main else nullcontext():
+        try:
+            metrics = runner.run(cfg, ctx)
+        except ObstructError:
+            if dist_info.is_main:
+                remove_if_created(out_dir, existed)
+            raise
+        payload = ctx.results(cfg, metrics)
         if dist_info.is_main:
-            remove_if_created(out_dir, existed)
-        raise
-    payload = ctx.results(cfg, metrics)
-    if dist_info.is_main:
-        write_json_atomic(out_dir / "results.json", payload)
+            write_json_atomic(out_dir / "results.json", payload)
     cleanup()
     return payload
