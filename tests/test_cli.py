@@ -82,3 +82,32 @@ def test_an_out_that_is_a_file_is_one_line(tmp_path, cli_fails):
     cli_fails(["clip", "--out", str(target), *TINY], "give another --out")
     assert target.read_text() == "not a folder"
     cli_fails(["clip", "--out", str(target / "run"), *TINY], "give another --out")
+
+
+def test_a_run_that_fails_on_its_inputs_leaves_no_record_that_refuses_the_corrected_one(tmp_path, cli_fails):
+    out = tmp_path / "run"
+    out.mkdir()   # an existing folder: the failed run must not delete it, only what it wrote
+    (out / "notes.txt").write_text("mine")
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(b"")
+    # uc records its config (checkpoints/fingerprint.json) before it loads the data
+    cli_fails(["uc", "--out", str(out), "--dataset", f"npz:{broken}", "--no-progress"], "not a readable .npz")
+    assert not (out / "checkpoints").exists()
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_corrupt_fingerprint_is_one_line_and_restart_clears_it(tmp_path, cli_fails):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "fingerprint.json").write_text('{"train.lr": 0.1')   # cut short mid-write
+    cli_fails(["clip", "--out", str(out), *TINY], "is corrupt")
+    assert main(["clip", "--out", str(out), "--restart", *TINY]) == 0
+    assert json.loads((out / "checkpoints" / "fingerprint.json").read_text())["train.steps"] == 4
+
+
+def test_a_finished_clip_run_is_not_reported_under_another_config(tmp_path, cli_fails):
+    out = tmp_path / "run"
+    assert main(["clip", "--out", str(out), *TINY]) == 0
+    # before: exit 0 in 0.1 s with the first model's metrics under the new learning rate
+    cli_fails(["clip", "--out", str(out), *TINY, "--set", "train.lr=0.01"], "holds a run with train.lr")
+    cli_fails(["clip", "--out", str(out), *TINY, "--seed", "3"], "holds a run with seed")

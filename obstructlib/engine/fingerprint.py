@@ -93,7 +93,15 @@ def check_fingerprint(folder: str | os.PathLike, config: Any, *, extra: dict[str
     now = fingerprint(config, extra)
     stored = path / FINGERPRINT_FILE
     if stored.is_file():
-        old = json.loads(stored.read_text())
+        try:
+            old = json.loads(stored.read_text())
+            if not isinstance(old, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as err:
+            if not restart:
+                raise ConfigError(f"{stored} is corrupt ({type(err).__name__}), so the checkpoints beside it cannot be "
+                                  "trusted: pass --restart to start over, or delete the folder") from None
+            old = {"": "unreadable"}  # differs from any config: emptied below
         diff = [k for k in sorted(set(old) | set(now)) if old.get(k) != now.get(k)]
         if diff and not restart:
             shown = ", ".join(f"{k}={old.get(k)!r} (now {now.get(k)!r})" for k in diff[:3])
@@ -107,3 +115,18 @@ def check_fingerprint(folder: str | os.PathLike, config: Any, *, extra: dict[str
     tmp = stored.with_suffix(".tmp")
     tmp.write_text(json.dumps(now, indent=1))
     os.replace(tmp, stored)
+
+
+def forget_unstarted(folder: str | os.PathLike, had_fingerprint: bool) -> None:
+    """Remove a fingerprint this run wrote if the run failed before any stage saved anything.
+
+    A run records its config first and loads its inputs after; when the inputs are bad, the
+    corrected re-run must not be refused as "another config" by a folder that holds nothing else.
+    """
+    path = Path(folder)
+    stored = path / FINGERPRINT_FILE
+    if had_fingerprint or not stored.is_file():
+        return
+    if any(p.is_file() and p != stored for p in path.rglob("*")):
+        return  # a stage has saved: keep the record that goes with it
+    shutil.rmtree(path, ignore_errors=True)

@@ -15,6 +15,7 @@ from obstructlib.data import load_pairs
 from obstructlib.engine import ClipTrainConfig, evaluate_clip, fit_clip
 from obstructlib.errors import ConfigError, check_range
 from obstructlib.experiments import Flag, RunContext, Runner, register_runner
+from obstructlib.experiments.common import check_run_folder
 from obstructlib.metrics import chance_retrieval
 from obstructlib.models import create_clip
 from obstructlib.profiles import Profile
@@ -70,6 +71,7 @@ class ClipRunConfig:
 
 def run(cfg: ClipRunConfig, ctx: RunContext) -> dict[str, Any]:
     """Train on the training pairs, evaluate on the test pairs."""
+    check_run_folder(cfg, ctx)  # a finished run with another config is refused, not reported as this one
     with ctx.timer("data"):
         train = load_pairs(cfg.dataset, ctx.data_root, "train", image_size=cfg.image_size,
                            max_samples=cfg.max_train_samples, captions_per_image=cfg.captions_per_image,

@@ -23,7 +23,7 @@ import torch
 
 from obstructlib.config import config_to_dict
 from obstructlib.engine.checkpoint import write_json_atomic
-from obstructlib.engine.fingerprint import check_fingerprint
+from obstructlib.engine.fingerprint import FINGERPRINT_FILE, check_fingerprint, forget_unstarted
 from obstructlib.engine.utils import derive_seed
 from obstructlib.errors import ConfigError, ObstructError
 from obstructlib.profiles import Profile
@@ -256,10 +256,12 @@ def execute(name: str, *, profile: str | None, overrides: Sequence[str], seed: i
     except OSError as err:
         raise ConfigError(f"cannot create the run folder {out_dir} ({err.strerror}): give another --out") from None
     with run_lock(out_dir) if dist_info.is_main else nullcontext():
+        had_fingerprint = (out_dir / "checkpoints" / FINGERPRINT_FILE).is_file()
         try:
             metrics = runner.run(cfg, ctx)
         except ObstructError:
             if dist_info.is_main:
+                forget_unstarted(out_dir / "checkpoints", had_fingerprint)
                 remove_if_created(out_dir, existed)
             raise
         payload = ctx.results(cfg, metrics)
