@@ -204,7 +204,9 @@ def check_run_folder(cfg: Any, ctx: RunContext) -> None:
     The first run writes ``OUT/checkpoints/fingerprint.json``; a later run in the same folder must
     match it, or start over when ``ctx.restart`` (``--restart``).
     """
-    if ctx.ckpt_dir is None:
+    from obstructlib.engine import is_main_process
+
+    if ctx.ckpt_dir is None or not is_main_process():  # under torchrun rank 0 alone owns the folder
         return
     check_fingerprint(ctx.ckpt_dir, cfg, extra={"seed": ctx.seed}, restart=ctx.restart)
 
