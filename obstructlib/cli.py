@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override any config field (dotted keys for nested fields); repeatable")
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
         p.add_argument("--restart", action="store_true",
-                       help="start over when --out holds checkpoints of another config (default: refuse)")
+                       help="start over: discard the checkpoints in --out "
+                       "(default: resume them; refuse those of another config)")
         for flag in runner.flags:
             p.add_argument(flag.flag, dest=f"flag_{flag.field}", default=None, choices=flag.choices,
                            help=flag.help)

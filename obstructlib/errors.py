@@ -8,6 +8,9 @@ The CLI turns it into exit status 2; notebooks show the line instead of a deep t
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 
@@ -96,6 +99,34 @@ def check_min(cfg: object, names: tuple[str, ...], low: float = 1, *, strict: bo
             if value is not None and not _finite(value):
                 want = f"a finite {want[2:]}"
             raise ConfigError(f"{prefix}{name}={value}: use {want}")
+
+
+@contextmanager
+def reading(path: str | Path, *, remedy: str | None = None) -> Iterator[None]:
+    """Turn any failure to read the saved state ``path`` into one :class:`ConfigError` naming it.
+
+    A state file cut short by a killed run, or damaged on disk, otherwise surfaces as a deep
+    ``UnpicklingError``, ``SafetensorError`` or ``JSONDecodeError``. ``remedy`` says what to do
+    (default: delete the file's folder, or rerun with ``--restart``). Errors that are already one
+    line (:class:`ObstructError`) pass through.
+
+    Example:
+        >>> import json, tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "run.json"
+        >>> _ = f.write_text('{"step": 3')
+        >>> with reading(f):
+        ...     json.loads(f.read_text())
+        Traceback (most recent call last):
+        ...
+        obstructlib.errors.ConfigError: .../run.json is corrupt or cut short (JSONDecodeError): delete ...
+    """
+    try:
+        yield
+    except ObstructError:
+        raise
+    except Exception as err:  # torch, numpy, safetensors and json each raise their own kind
+        todo = remedy or f"delete {Path(path).parent} (or rerun with --restart) and that stage starts over"
+        raise ConfigError(f"{path} is corrupt or cut short ({type(err).__name__}): {todo}") from None
 
 
 def _finite(value: Any) -> bool:

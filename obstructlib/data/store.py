@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from obstructlib.data.base import SizedDataset
 from obstructlib.data.wrappers import labels_of
-from obstructlib.errors import ConfigError
+from obstructlib.errors import ConfigError, reading
 
 MAX_UNITS = 127  # int8 range: the largest budget is 127/255
 _FORMAT = "obstructlib.PerturbationStore"
@@ -241,14 +241,16 @@ class PerturbationStore:
                 f"no perturbation store at {path} (need {path.name} and {meta_path.name}): "
                 "run the protection first"
             )
-        meta = json.loads(meta_path.read_text())
+        with reading(meta_path):
+            meta = json.loads(meta_path.read_text())
         if meta.get("format") != _FORMAT:
             raise ConfigError(
                 f"{meta_path} is not a PerturbationStore sidecar: "
                 "pass the .npy written by PerturbationStore.save"
             )
         use_mmap = path.stat().st_size > memmap_threshold_bytes if mmap is None else mmap
-        data = np.load(path, mmap_mode="r+" if use_mmap else None)
+        with reading(path):
+            data = np.load(path, mmap_mode="r+" if use_mmap else None)
         expected = (int(meta["num"]), *meta["shape"])
         if data.dtype != np.int8 or data.shape != expected:
             raise ConfigError(

@@ -36,7 +36,7 @@ from torch import nn
 
 from obstructlib.engine.distributed import unwrap
 from obstructlib.engine.utils import rng_state, set_rng_state
-from obstructlib.errors import ConfigError
+from obstructlib.errors import ConfigError, reading
 
 __all__ = ["MODEL_FILE", "STATE_FILE", "has_checkpoint", "json_default", "load_checkpoint", "save_checkpoint",
            "write_json_atomic"]
@@ -194,11 +194,14 @@ def load_checkpoint(
         raise ConfigError(
             f"no checkpoint in {ckpt_dir}: train first or point to a directory holding {MODEL_FILE}"
         )
-    state = torch.load(ckpt_dir / STATE_FILE, map_location=map_location, weights_only=True)
+    with reading(ckpt_dir / STATE_FILE):
+        state = torch.load(ckpt_dir / STATE_FILE, map_location=map_location, weights_only=True)
     if model is not None:
         bare = unwrap(model)
         device = next((p.device for p in bare.parameters()), torch.device("cpu"))
         hint = "build the model with the checkpoint's config"
+        with reading(ckpt_dir / MODEL_FILE):  # a damaged file fails here, before any weight is touched
+            _check_safetensors(ckpt_dir / MODEL_FILE)
         try:
             missing, unexpected = load_model(
                 bare, str(ckpt_dir / MODEL_FILE), strict=False, device=str(device)
@@ -257,6 +260,14 @@ def json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _check_safetensors(path: Path) -> None:
+    """Parse the header of a safetensors file (raises on a damaged or truncated one)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt"):
+        pass
 
 
 def _finite_or_null(obj: Any) -> Any:

@@ -84,7 +84,7 @@ def check_fingerprint(folder: str | os.PathLike, config: Any, *, extra: dict[str
         folder: the resumable folder (created when missing).
         config: the config that runs now (dataclass or dict).
         extra: more keys that must match (data size, image shape, seed ...).
-        restart: when the fingerprint differs, delete the folder's contents and start over.
+        restart: delete the folder's contents and start over (a damaged checkpoint, another config).
 
     Raises:
         ConfigError: the folder holds a run with another config (one line naming up to three keys).
@@ -108,7 +108,7 @@ def check_fingerprint(folder: str | os.PathLike, config: Any, *, extra: dict[str
             more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
             raise ConfigError(f"{path} holds a run with {shown}{more}: use a new --out, pass --restart to "
                               "start over, or delete the folder")
-        if not diff:
+        if not diff and not restart:
             return
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)

@@ -122,7 +122,8 @@ def run(name: str, *, profile: str | None = None, overrides: Sequence[str] = (),
         data_root: root of registered datasets (default ``$OBSTRUCT_DATA`` or ``./data``).
         out: run folder (``results.json``, checkpoints); a rerun resumes; None: ``runs/NAME``.
         progress: progress bars.
-        restart: discard the folder's checkpoints when its config differs, instead of refusing.
+        restart: discard the folder's checkpoints and start over (default: resume them, and refuse
+            those of another config).
 
     Raises:
         ObstructError: bad input (one line saying what to do); nothing half-written is left.

@@ -36,7 +36,7 @@ import torch
 from obstructlib.config import check_linked, link
 from obstructlib.data import PerturbationStore, load_pairs
 from obstructlib.engine import ClipTrainConfig, barrier, fit_clip, is_main_process
-from obstructlib.errors import ConfigError, check_range
+from obstructlib.errors import ConfigError, check_range, reading
 from obstructlib.experiments import Flag, RunContext, Runner, register_runner
 from obstructlib.experiments.common import check_run_folder, hacker_seeds, mean_and_sd
 from obstructlib.methods.mem.evaluate import COUNTERMEASURES, HackerConfig, evaluate
@@ -308,10 +308,14 @@ def _stored_protection(cfg: MEMRunConfig, ctx: RunContext, train: Any) -> tuple[
     """The finished protection of this run folder, or a new one (saved before the hacker trains)."""
     folder = ctx.stage_dir("store")
     if folder is not None and (folder / "protect.json").is_file():
-        meta = json.loads((folder / "protect.json").read_text())
+        with reading(folder / "protect.json"):
+            meta = json.loads((folder / "protect.json").read_text())
         store = PerturbationStore.load(folder / "store.npy")
-        result = MEMResult(store, torch.from_numpy(np.load(folder / "triggers.npy")),
-                           np.load(folder / "trigger_rows.npy"), meta["info"].get("history", []))
+        with reading(folder / "triggers.npy"):
+            triggers = torch.from_numpy(np.load(folder / "triggers.npy"))
+        with reading(folder / "trigger_rows.npy"):
+            rows = np.load(folder / "trigger_rows.npy")
+        result = MEMResult(store, triggers, rows, meta["info"].get("history", []))
         return result, meta["info"], True
     result, info = _protect(cfg, ctx, train)
     if folder is not None and is_main_process():  # under torchrun every rank holds the same result

@@ -31,7 +31,7 @@ import torch
 
 from obstructlib.data import load_pairs
 from obstructlib.engine import ClipTrainConfig, fit_clip
-from obstructlib.errors import ConfigError, check_range
+from obstructlib.errors import ConfigError, check_range, reading
 from obstructlib.experiments import Flag, RunContext, Runner, register_runner
 from obstructlib.experiments.common import check_run_folder
 from obstructlib.methods.ubt.attacks import AttackConfig, build_trigger, class_names, poison_pairs, triggered_copy
@@ -349,7 +349,9 @@ def _trigger(cfg: UBTRunConfig, ctx: RunContext, train: Any, clean: Any) -> tupl
 
             return SSBA(encoder.eval(), secret_bits(cfg.attack.ssba_secret, encoder.n_bits)), info
         if cfg.attack.attack == "trojvqa":
-            return PatchTrigger(torch.load(folder / "patch.pt", weights_only=True), location="center"), info
+            with reading(folder / "patch.pt"):
+                patch = torch.load(folder / "patch.pt", weights_only=True)
+            return PatchTrigger(patch, location="center"), info
     images = torch.stack([train.get_image(i) for i in range(min(train.num_images, 4096))])
     with ctx.timer("attack_trigger"):
         trigger, info = build_trigger(cfg.attack, images=images, clean_model=clean, device=ctx.device,

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file, save_model
 
 from obstructlib.data import SizedDataset
 from obstructlib.engine import ClassifierTrainConfig, fit_classifier, resolve_device
-from obstructlib.errors import ConfigError
+from obstructlib.errors import ConfigError, reading
 from obstructlib.models import ImageClassifier, create_model
 from obstructlib.primitives.pruning import Masks, magnitude_masks, mask_parametrize, remove_mask_parametrize
 
@@ -114,9 +114,13 @@ def load_released(
     out = Path(out_dir)
     if not (out / "released.json").is_file():
         raise ConfigError(f"{out} holds no released.json: point to a folder written by save_released")
-    meta = json.loads((out / "released.json").read_text())
-    model = create_model(meta["arch"], meta["num_classes"], **meta["model_kwargs"])
-    state = load_file(str(out / "model.safetensors"))
+    again = f"write the release again (its folder {out} is damaged)"
+    with reading(out / "released.json", remedy=again):
+        meta = json.loads((out / "released.json").read_text())
+        model = create_model(meta["arch"], meta["num_classes"], **meta["model_kwargs"])
+    with reading(out / "model.safetensors", remedy=again):
+        state = load_file(str(out / "model.safetensors"))
     model.load_state_dict(state, strict=True)
-    masks = {k: v.bool() for k, v in load_file(str(out / "masks.safetensors")).items()}
+    with reading(out / "masks.safetensors", remedy=again):
+        masks = {k: v.bool() for k, v in load_file(str(out / "masks.safetensors")).items()}
     return model.to(resolve_device(device)).eval(), masks

@@ -52,7 +52,7 @@ from torch import nn
 
 from obstructlib.engine import ClipTrainConfig, autocast, resolve_device
 from obstructlib.engine.checkpoint import STATE_FILE, has_checkpoint
-from obstructlib.errors import ConfigError
+from obstructlib.errors import ConfigError, reading
 from obstructlib.methods.ubt.steps import (
     PairTensors,
     _draw,
@@ -443,8 +443,9 @@ def _resume_step(ckpt_dir: PathLike) -> int:
     """The step a ``train_stage`` run resumes from ``ckpt_dir`` at (0 without a checkpoint)."""
     if not has_checkpoint(ckpt_dir):
         return 0
-    state = torch.load(Path(cast("str | os.PathLike", ckpt_dir)) / STATE_FILE, map_location="cpu",
-                       weights_only=True, mmap=True)
+    path = Path(cast("str | os.PathLike", ckpt_dir)) / STATE_FILE
+    with reading(path):
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     return int(state["step"])
 
 

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from obstructlib.data import PerturbationStore, SizedDataset
 from obstructlib.data.store import MAX_UNITS
 from obstructlib.engine import check_fingerprint, resolve_device
-from obstructlib.errors import ConfigError, check_min
+from obstructlib.errors import ConfigError, check_min, reading
 from obstructlib.methods.uc.steps import (
     cluster_targets,
     extract_features,
@@ -285,7 +285,8 @@ def protect(
     cached = _load_images(dataset, cfg, device, progress)
     source = dataset if cached is None else cached
     if ckpt is not None and (ckpt / "clusters.pt").is_file():
-        saved = torch.load(ckpt / "clusters.pt", map_location="cpu", weights_only=True)
+        with reading(ckpt / "clusters.pt"):
+            saved = torch.load(ckpt / "clusters.pt", map_location="cpu", weights_only=True)
         assignments, centers = saved["assignments"], saved["centers"]
     else:
         feats = extract_features(surrogate, source, device, cfg.batch_size, progress)
@@ -299,9 +300,10 @@ def protect(
     for i in range(p):
         path = None if ckpt is None else ckpt / f"generator_{i:03d}.pt"
         if path is not None and path.is_file():
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            noises.append(saved["noise"])
-            history.append(list(saved["history"]))
+            with reading(path):
+                saved = torch.load(path, map_location="cpu", weights_only=True)
+                noises.append(saved["noise"])
+                history.append(list(saved["history"]))
             timings.append(0.0)
             continue
         members = torch.nonzero(assignments == i).flatten()
