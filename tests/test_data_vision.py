@@ -336,3 +336,25 @@ def test_celeba_attributes_partition_and_crop(tmp_path):
     assert multi.attr_names == w["attr_names"] and multi.classes == ["Male", "Young"]
     with pytest.raises(ConfigError):
         folders.load_celeba(tmp_path, "train", attributes=["Tall"])
+
+
+def test_cifar_batches_are_read_without_running_code_from_them(tmp_path):
+    import os
+    import pickle
+
+    from fixtures_data import write_cifar10
+
+    write_cifar10(tmp_path)
+    ob_ds = load_dataset("cifar10", tmp_path, "train", progress=False)
+    assert len(ob_ds) > 0
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    batch.write_bytes(pickle.dumps({b"data": Payload(), b"labels": [0]}, protocol=2))
+    with pytest.raises(ObstructError, match=r"data_batch_1.*posix\.system|data_batch_1.*os\.system"):
+        load_dataset("cifar10", tmp_path, "train", progress=False)
+    assert not marker.exists()

@@ -178,12 +178,33 @@ def _load(
 
 
 # ---------------------------------------------------------------------------------------------- CIFAR
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds numpy arrays, dicts, lists and strings, and refuses anything else.
+
+    A plain ``pickle.load`` runs whatever callable the file names (``os.system`` included), and
+    anyone can drop a file under ``--data-root``; the CIFAR batches need numpy's array
+    reconstruction and nothing more, so every other global is refused before it is imported.
+    """
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy._core.numeric", "_frombuffer"), ("numpy.core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"),
+        ("_codecs", "encode"),  # how Python 3 writes bytes at protocol 2
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR batch never does (refused unread)")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict[str, Any]:
     # The files are Python 2 pickles: latin1 decodes their numpy arrays; keys may be str or bytes.
-    # pickle runs code from the file: only load CIFAR files you fetched yourself (as torchvision does).
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="latin1")
+            d = _CifarUnpickler(f, encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as e:
         raise _BadFile(path, f"{type(e).__name__}: {e}") from None
     if not isinstance(d, dict):
