@@ -15,6 +15,8 @@ from pathlib import Path
 
 from _common import FetchError, download, manual_step, say
 
+# No checksum is published for this zip; get_karpathy_json checks what it holds instead (the
+# dataset_<name>.json member) and karpathy_filenames its structure (an "images" list).
 KARPATHY_URL = "https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip"
 KARPATHY_HELP = (
     "Karpathy split JSON: caption_datasets.zip (dataset_coco.json, dataset_flickr8k.json, "

@@ -300,19 +300,67 @@ def extract(archive: str | Path, dest: str | Path, progress: bool = True) -> Pat
     return dest
 
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+def image_counts(archive: str | Path, folders: Iterable[str]) -> dict[str, int]:
+    """Image files of a zip or tar archive under each folder name (``"*"``: anywhere in it).
+
+    Example:
+        >>> image_counts("val2014.zip", ["val2014"])  # doctest: +SKIP
+        {'val2014': 40504}
+    """
+    archive, folders = Path(archive), list(folders)
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            names = zf.namelist()
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as tf:
+            names = [m.name for m in tf if m.isfile()]
+    else:
+        raise FetchError(f"{archive} is neither a tar nor a zip archive: delete it and re-run")
+    images = [Path(n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
+    return {f: sum(1 for p in images if f == "*" or f in p.parts[:-1]) for f in folders}
+
+
+def verify_structure(archive: str | Path, expected: dict[str, int]) -> None:
+    """Check a downloaded archive that has no published checksum by what it holds.
+
+    For the archives whose hosts publish no checksum (COCO's image zips, BSDS500, the Flickr8k
+    mirror), the number of images under each folder is the published one; a truncated, replaced
+    or wrong file fails here, before anything is extracted.
+
+    Raises:
+        FetchError: a count differs (one line: delete the file and run again, or pass a local copy).
+    """
+    counts = image_counts(archive, expected)
+    for folder, want in expected.items():
+        if counts[folder] != want:
+            where = "in it" if folder == "*" else f"under {folder}/"
+            raise FetchError(f"{archive} holds {counts[folder]} images {where}, the published archive {want}: "
+                             f"it is not that archive (delete {archive} and run again, or pass your own copy)")
+
+
 def fetch_and_extract(
     urls: str | Sequence[str],
     archive: Path,
     dest: Path,
     *,
     md5: str | None = None,
+    expect: dict[str, int] | None = None,
     keep_archive: bool = False,
     progress: bool = True,
 ) -> None:
-    """Download ``archive`` (resumable, checked), extract it into ``dest``, then delete it unless kept."""
+    """Download ``archive`` (resumable, checked), extract it into ``dest``, then delete it unless kept.
+
+    ``md5`` checks the bytes where the host publishes a checksum; ``expect`` (folder -> image
+    count, :func:`verify_structure`) checks the contents where it does not.
+    """
     marker = dest / f".extracted-{archive.name}"
     if not marker.exists():
         download(urls, archive, md5=md5, progress=progress)
+        if expect:
+            verify_structure(archive, expect)
         say(f"extracting {archive.name} into {dest}")
         extract(archive, dest, progress=progress)
     if not keep_archive and archive.exists():

@@ -8,8 +8,10 @@ from pathlib import Path
 from _captions import KARPATHY_HELP, get_karpathy_json, karpathy_filenames
 from _common import already_present, extract, fetch_and_extract, make_parser, run_script, say
 
-BASE = "http://images.cocodataset.org/zips/"
+BASE = "https://images.cocodataset.org/zips/"
 ZIPS = {"train2014": "train2014.zip", "val2014": "val2014.zip"}
+# COCO publishes no checksum for its image zips: a download is checked by its image count instead.
+IMAGES = {"train2014": 82_783, "val2014": 40_504}
 
 DESCRIPTION = f"""\
 Fetch MS-COCO 2014 images (Lin et al., arXiv 1405.0312) with the Karpathy caption split
@@ -58,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 BASE + ZIPS[split],
                 folder / ZIPS[split],
                 folder,
+                expect={split: IMAGES[split]},
                 keep_archive=args.keep_archives,
                 progress=progress,
             )

@@ -6,9 +6,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from _captions import KARPATHY_HELP, prepare_flickr
-from _common import download, make_parser, run_script
+from _common import download, make_parser, run_script, verify_structure
 
 MIRROR_URL = "https://github.com/jbrownlee/Datasets/releases/download/Flickr8k/Flickr8k_Dataset.zip"
+# The mirror publishes no checksum: a download is checked by its image count (Flickr8k: 8,091).
+MIRROR_IMAGES = {"*": 8091}
 
 DESCRIPTION = f"""\
 Prepare Flickr8k (8,091 Flickr photos, 5 captions each; Hodosh, Young & Hockenmaier, JAIR 2013)
@@ -42,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     images = args.images_zip
     if args.mirror and not images:
         images = str(download(MIRROR_URL, root / "Flickr8k_Dataset.zip", progress=not args.no_progress))
+        verify_structure(images, MIRROR_IMAGES)
     how_to_get = (
         "Flickr8k images need a manual download:\n"
         "  1. get Flickr8k_Dataset.zip (request form at https://forms.illinois.edu/sec/1713398) or Kaggle's 'flickr8k'\n"

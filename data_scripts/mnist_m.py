@@ -16,14 +16,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from _common import FetchError, already_present, download, human, make_parser, run_script, say
+from _common import FetchError, already_present, download, human, make_parser, run_script, say, verify_structure
 from _idx import load_mnist_arrays
 from PIL import Image
 
 BSDS_URLS = [
     "https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/BSR/BSR_bsds500.tgz",
-    "http://www.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/BSR/BSR_bsds500.tgz",
 ]
+# Berkeley publishes no checksum for BSR_bsds500.tgz: a download is checked by its photo counts.
+BSDS_IMAGES = {"train": 200, "val": 100, "test": 200}
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -179,11 +180,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise FetchError(
             f"MNIST not found at {mnist_src}: pass --mnist PATH or run python data_scripts/mnist.py --root {root}"
         )
-    bsds = (
-        Path(args.bsds)
-        if args.bsds
-        else download(BSDS_URLS, root / "BSR_bsds500.tgz", progress=not args.no_progress)
-    )
+    if args.bsds:
+        bsds = Path(args.bsds)
+    else:
+        bsds = download(BSDS_URLS, root / "BSR_bsds500.tgz", progress=not args.no_progress)
+        verify_structure(bsds, BSDS_IMAGES)
     start = time.perf_counter()
     arrays = build_mnist_m(
         load_mnist_arrays(mnist_src), load_photos(bsds), seed=args.seed, binarize=args.binarize

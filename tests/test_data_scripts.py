@@ -572,3 +572,40 @@ def test_celeba_layout_from_kaggle_folder(tmp_path):
     ]
     assert (folder / "list_eval_partition.txt").read_text().splitlines() == ["000001.jpg 0", "000002.jpg 2"]
     assert sorted(p.name for p in (folder / "img_align_celeba").iterdir()) == ["000001.jpg", "000002.jpg"]
+
+
+def _image_zip(path: Path, counts: dict[str, int]) -> bytes:
+    with zipfile.ZipFile(path, "w") as zf:
+        for folder, n in counts.items():
+            for i in range(n):
+                zf.writestr(f"{folder}/{i:05d}.jpg", b"jpeg")
+        zf.writestr("readme.txt", "not an image")
+    return path.read_bytes()
+
+
+def test_an_archive_without_checksum_is_checked_by_what_it_holds(server, tmp_path):
+    from _common import fetch_and_extract, image_counts, verify_structure
+
+    good = _image_zip(tmp_path / "val2014.zip", {"val2014": 3})
+    assert image_counts(tmp_path / "val2014.zip", ["val2014", "*"]) == {"val2014": 3, "*": 3}
+    verify_structure(tmp_path / "val2014.zip", {"val2014": 3})
+    with pytest.raises(FetchError, match=r"holds 3 images under val2014/, the published archive 40504"):
+        verify_structure(tmp_path / "val2014.zip", {"val2014": 40504})
+    # a download that is not the published archive (cut short, replaced) is refused before extraction
+    short = _image_zip(tmp_path / "short.zip", {"val2014": 2})
+    RangeHandler.files = {"good": good, "fewer": short}
+    out = tmp_path / "coco"
+    with pytest.raises(FetchError, match="holds 2 images"):
+        fetch_and_extract(f"{server}/fewer", tmp_path / "dl" / "val2014.zip", out, expect={"val2014": 3},
+                          progress=False)
+    assert not (out / "val2014").exists()
+    fetch_and_extract(f"{server}/good", tmp_path / "dl2" / "val2014.zip", out, expect={"val2014": 3},
+                      progress=False)
+    assert len(list((out / "val2014").glob("*.jpg"))) == 3
+
+
+def test_unchecked_downloads_are_https_and_name_their_expected_contents():
+    coco, mnist_m, flickr8k = (load_script(n) for n in ("coco_captions", "mnist_m", "flickr8k"))
+    assert coco.BASE.startswith("https://") and coco.IMAGES == {"train2014": 82_783, "val2014": 40_504}
+    assert all(u.startswith("https://") for u in mnist_m.BSDS_URLS)
+    assert sum(mnist_m.BSDS_IMAGES.values()) == 500 and flickr8k.MIRROR_IMAGES == {"*": 8091}
