@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     for runner in load_runners().values():
         p = sub.add_parser(runner.name, help=runner.help, description=runner.help)
         _common(p)
-        p.add_argument("--out", type=Path, default=None,
+        p.add_argument("--out", type=str, default=None,
                        help="run folder for results.json and checkpoints (default: runs/COMMAND)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override any config field (dotted keys for nested fields); repeatable")

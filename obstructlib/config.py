@@ -34,6 +34,7 @@ T = TypeVar("T")
 DataclassT = TypeVar("DataclassT", bound="DataclassInstance")
 
 _NONE = {"none", "null", ""}
+MAX_SEED = 2**31 - 1  # numpy and every derived seed (derive_seed is 31-bit) stay in range
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -48,9 +49,13 @@ def _parse_scalar(key: str, text: str, typ: Any) -> Any:
         raise ConfigError(f"--set {key}={text}: expected true or false")
     if typ is int:
         try:
-            return int(text)
+            number = int(text)
         except ValueError:
             raise ConfigError(f"--set {key}={text}: expected an integer") from None
+        name = key.rsplit(".", 1)[-1]
+        if (name == "seed" or name.endswith("_seed")) and not 0 <= number <= MAX_SEED:
+            raise ConfigError(f"--set {key}={text}: a seed is an integer from 0 to {MAX_SEED}")
+        return number
     if typ is float:
         try:
             value = float(Fraction(text.strip())) if "/" in text else float(text)
@@ -88,6 +93,9 @@ def parse_value(key: str, text: str, typ: Any) -> Any:
         inner = item_types[0] if item_types else str
         items = [t for t in text.split(",") if t.strip()]
         values = [parse_value(key, t.strip(), inner) for t in items]
+        fixed = origin is tuple and len(item_types) > 1 and item_types[-1] is not Ellipsis
+        if fixed and len(values) != len(item_types):  # e.g. betas: exactly two
+            raise ConfigError(f"--set {key}={text}: give {len(item_types)} comma-separated values, not {len(values)}")
         return tuple(values) if origin is tuple or typ is tuple else values
     return _parse_scalar(key, text, typ)
 

@@ -269,6 +269,9 @@ def load_dataset(spec: str, root: str | Path | None = None, split: str = "train"
         prefix, path = spec.split(":", 1)
         if not path:
             raise ConfigError(f"dataset spec {spec!r} has no path after '{prefix}:'")
+        if prefix == "csv" and "channels" in kwargs:  # only classification callers ask for channels
+            raise ConfigError(f"{spec} holds image-caption pairs, and this run needs labelled images: "
+                              "use folder:PATH (a folder per class) or npz:PATH")
         return _PREFIX_LOADERS[prefix](Path(path).expanduser(), split, **kwargs)
     return dataset_info(spec).loader(root, split, **kwargs)
 

@@ -86,15 +86,19 @@ def load_caption_csv(
             if fetch
             else DatasetNotFoundError(f"caption CSV {path} does not exist: check the path after 'csv:'")
         )
-    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: tolerate an Excel BOM
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in reader.fieldnames or []]
-        lacking = [c for c in ("image", "caption") if c not in header]
-        if lacking:
-            raise ConfigError(
-                f"{path} lacks column(s) {', '.join(lacking)}: the header must be image,caption[,split]"
-            )
-        rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: tolerate an Excel BOM
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in reader.fieldnames or []]
+            lacking = [c for c in ("image", "caption") if c not in header]
+            if lacking:
+                raise ConfigError(
+                    f"{path} lacks column(s) {', '.join(lacking)}: the header must be image,caption[,split]"
+                )
+            rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {err.object[err.start]:#x} at offset {err.start}): "
+                          "save it as UTF-8") from None
     groups: dict[str, list[str]] = {}
     split_of: dict[str, str] = {}
     for r in rows:

@@ -38,6 +38,14 @@ def _resize_short_crop(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def _decode_file(path: str | Path, size: int | None) -> np.ndarray:
     """An image file as uint8 ``(H, W, 3)``, shorter side resized to ``size`` and center-cropped."""
+    try:
+        return _decode_image(path, size)
+    except (OSError, ValueError, Image.DecompressionBombError) as err:  # PIL's "cannot identify image file"
+        raise ConfigError(f"{path}: cannot decode this image ({type(err).__name__}): replace the file or "
+                          "remove its row") from None
+
+
+def _decode_image(path: str | Path, size: int | None) -> np.ndarray:
     with Image.open(path) as im:
         if size is not None:
             im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale >= size (much faster)

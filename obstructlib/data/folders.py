@@ -122,6 +122,9 @@ def array_dataset(
 
     ``per_sample`` arrays are subset alongside the labels; ``extra`` values are attached as is.
     """
+    if len(classes) < 2:  # every accuracy would be 100% at chance 100%
+        raise ConfigError(f"the dataset has {len(classes)} class ({', '.join(map(str, classes)) or 'none'}): "
+                          "classification needs at least 2")
     per_sample = dict(per_sample or {})
     if max_samples is not None:
         idx = stratified_indices(labels, max_samples, seed)
@@ -268,6 +271,10 @@ def read_npz(path: Path, split: str, what: str) -> tuple[np.ndarray, np.ndarray,
             f"{what}: y_{split} is {y.dtype} {y.shape}, expected integer labels of shape ({len(x)},): "
             f"save y_{split}=y.astype(np.int64)"
         )
+    if len(x) == 0:
+        raise ConfigError(f"{what}: x_{split} is empty: save at least one {split} image")
+    if y.min() < 0:  # -1 would silently index the last class
+        raise ConfigError(f"{what}: y_{split} holds negative labels (min {int(y.min())}): use class indices 0..C-1")
     return x, y.astype(np.int64), classes
 
 

@@ -94,6 +94,8 @@ class ClassifierTrainConfig:
         check_min(self, ("epochs", "batch_size", "ckpt_every_epochs", "eval_batch_size"))
         check_range("lr", self.lr, 0.0, 10.0)
         check_range("label_smoothing", self.label_smoothing, 0.0, 1.0, inclusive=True)
+        check_range("momentum", self.momentum, 0.0, 1.0)
+        check_range("weight_decay", self.weight_decay, 0.0, 10.0)
         if self.num_workers < 0:
             raise ConfigError(f"num_workers={self.num_workers}: use 0 or more")
 

@@ -131,6 +131,12 @@ class ClipTrainConfig:
         check_range("lr", self.lr, 0.0, 1.0)
         check_range("weight_decay", self.weight_decay, 0.0, 10.0)
         check_range("max_logit_scale", self.max_logit_scale, 1.0, 1e4)
+        betas = list(self.betas) if isinstance(self.betas, (list, tuple)) else [self.betas]
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas):
+            raise ConfigError(f"betas={self.betas}: give two values in [0, 1), e.g. 0.9,0.98")
+        check_range("eps", self.eps, 0.0, 1.0, inclusive=False)
+        if self.grad_clip is not None:
+            check_min(self, ("grad_clip",), 0.0, strict=True)  # a negative bound would flip the gradient
         if self.warmup_steps < 0 or self.num_workers < 0:
             raise ConfigError("warmup_steps and num_workers must be 0 or more")
 

@@ -232,6 +232,15 @@ def execute(name: str, *, profile: str | None, overrides: Sequence[str], seed: i
     if name not in runners:
         raise ConfigError(f"unknown runner {name!r}: use one of {', '.join(sorted(runners))}")
     runner = runners[name]
+    from obstructlib.config import MAX_SEED
+
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"--seed {seed}: use an integer from 0 to {MAX_SEED}")
+    for field_name, value in (flags or {}).items():  # a flag and a --set of the same field: which one?
+        for item in overrides:
+            key, _, text = item.partition("=")
+            if key.strip() == field_name and text.strip() != str(value):
+                raise ConfigError(f"the flag for {field_name} says {value!r} and --set {item} says otherwise: give one")
     prof = resolve_profile(profile)
     if out is not None and not str(out).strip():
         raise ConfigError("--out is empty: name a run folder (e.g. --out runs/NAME)")
