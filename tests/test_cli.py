@@ -111,3 +111,18 @@ def test_a_finished_clip_run_is_not_reported_under_another_config(tmp_path, cli_
     # before: exit 0 in 0.1 s with the first model's metrics under the new learning rate
     cli_fails(["clip", "--out", str(out), *TINY, "--set", "train.lr=0.01"], "holds a run with train.lr")
     cli_fails(["clip", "--out", str(out), *TINY, "--seed", "3"], "holds a run with seed")
+
+
+def test_a_read_only_out_is_one_line(tmp_path, cli_fails, monkeypatch):
+    # root (containers, CI) writes through chmod, so the read-only filesystem's error is raised directly
+    out = tmp_path / "run"
+    out.mkdir()
+    real_open = os.open
+
+    def read_only(path, *args, **kwargs):
+        if str(path).startswith(str(out)):
+            raise OSError(30, "Read-only file system")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    cli_fails(["clip", "--out", str(out), *TINY], "cannot write in the run folder")

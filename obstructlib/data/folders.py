@@ -122,9 +122,6 @@ def array_dataset(
 
     ``per_sample`` arrays are subset alongside the labels; ``extra`` values are attached as is.
     """
-    if len(classes) < 2:  # every accuracy would be 100% at chance 100%
-        raise ConfigError(f"the dataset has {len(classes)} class ({', '.join(map(str, classes)) or 'none'}): "
-                          "classification needs at least 2")
     per_sample = dict(per_sample or {})
     if max_samples is not None:
         idx = stratified_indices(labels, max_samples, seed)

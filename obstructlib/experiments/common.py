@@ -180,7 +180,10 @@ def run_lock(out_dir: Path) -> Iterator[None]:
         yield
         return
     path = out_dir / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:  # a read-only filesystem, a folder without write permission
+        raise ConfigError(f"cannot write in the run folder {out_dir} ({err.strerror}): give another --out") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -196,6 +199,16 @@ def run_lock(out_dir: Path) -> Iterator[None]:
             path.unlink(missing_ok=True)  # still held: no other run can be between unlink and close
     finally:
         os.close(fd)
+
+
+def require_classes(dataset: Any, spec: str) -> Any:
+    """Refuse a classification dataset of fewer than 2 classes (every accuracy would be 100% at
+    chance 100%); returns it. A one-folder image set is fine to load, not to evaluate a classifier on."""
+    classes = list(getattr(dataset, "classes", None) or [])
+    if len(classes) < 2:
+        raise ConfigError(f"{spec} has {len(classes)} class ({', '.join(map(str, classes)) or 'none'}): "
+                          "this run trains and scores a classifier, which needs at least 2")
+    return dataset
 
 
 def check_run_folder(cfg: Any, ctx: RunContext) -> None:

@@ -31,7 +31,7 @@ from obstructlib.data.labels import superclass_map, superclass_names
 from obstructlib.engine import ClassifierTrainConfig, ClipTrainConfig, fit_classifier, fit_clip
 from obstructlib.errors import ConfigError, check_min
 from obstructlib.experiments import Flag, RunContext, Runner, register_runner
-from obstructlib.experiments.common import check_run_folder
+from obstructlib.experiments.common import check_run_folder, require_classes
 from obstructlib.methods.lto.classical import EpisodicConfig
 from obstructlib.methods.lto.evaluate import attack_clip, attack_episodic, evaluate
 from obstructlib.methods.lto.learners import CIFAR_TEMPLATES, LEARNERS, LearnerConfig, learner_config
@@ -324,7 +324,7 @@ def _tensors(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _data(cfg: LTORunConfig, ctx: RunContext) -> dict[str, Any]:
     kw = {"image_size": cfg.image_size, "channels": 3, "progress": ctx.progress}
-    train = load_dataset(cfg.dataset, ctx.data_root, "train", **kw)
+    train = require_classes(load_dataset(cfg.dataset, ctx.data_root, "train", **kw), cfg.dataset)
     test = load_dataset(cfg.dataset, ctx.data_root, "test", **kw)
     classes = [c.replace("_", " ") for c in getattr(train, "classes", None) or []]
     if not classes:

@@ -39,7 +39,7 @@ from obstructlib.data import ArrayImageDataset, SizedDataset, load_domain, split
 from obstructlib.engine import ClassifierTrainConfig, fit_classifier
 from obstructlib.errors import ConfigError, check_range
 from obstructlib.experiments import Flag, RunContext, Runner, register_runner
-from obstructlib.experiments.common import check_run_folder, derive_seed
+from obstructlib.experiments.common import check_run_folder, derive_seed, require_classes
 from obstructlib.methods.ntp.curves import accuracy, budget_subset
 from obstructlib.methods.ntp.evaluate import ATTACKS, DEFAULT_RATIOS, AttackConfig, evaluate
 from obstructlib.methods.ntp.method import LOSSES, NTPConfig, prune, train_target_head
@@ -309,7 +309,8 @@ def run(cfg: NTPRunConfig, ctx: RunContext) -> dict[str, Any]:
     check_run_folder(cfg, ctx)
     where: _DomainKwargs = {"seed": ctx.seed, "data_root": ctx.data_root, "progress": ctx.progress}
     with ctx.timer("data"):
-        s_train = load_domain(cfg.source, "train", image_size=cfg.image_size, max_samples=cfg.max_source_train, **where)
+        s_train = require_classes(load_domain(cfg.source, "train", image_size=cfg.image_size,
+                                              max_samples=cfg.max_source_train, **where), cfg.source)
         s_test = load_domain(cfg.source, "test", image_size=cfg.image_size, max_samples=cfg.max_test, **where)
         t_train = load_domain(cfg.target, "train", image_size=cfg.image_size, max_samples=cfg.max_target_train, **where)
         t_test = load_domain(cfg.target, "test", image_size=cfg.image_size, max_samples=cfg.max_test, **where)

@@ -47,7 +47,7 @@ from obstructlib.data.wrappers import labels_of
 from obstructlib.engine import ClassifierTrainConfig, fit_classifier
 from obstructlib.errors import ConfigError, check_range
 from obstructlib.experiments import Flag, RunContext, Runner, register_runner
-from obstructlib.experiments.common import check_run_folder, hacker_seeds, mean_and_sd
+from obstructlib.experiments.common import check_run_folder, hacker_seeds, mean_and_sd, require_classes
 from obstructlib.methods.uc.evaluate import HackerConfig, evaluate
 from obstructlib.methods.uc.method import UCConfig, protect
 from obstructlib.methods.uc.surrogates import pretrain_surrogate
@@ -277,7 +277,7 @@ def _augment(cfg: UCRunConfig) -> Any:
 def _load_split(cfg: UCRunConfig, ctx: RunContext, split: str, max_samples: int | None) -> LabelledSubset:
     ds = load_dataset(cfg.dataset, ctx.data_root, split, image_size=cfg.image_size, channels=3,
                       progress=ctx.progress)
-    return seeded_subset(ds, max_samples, seed=ctx.seed)
+    return seeded_subset(require_classes(ds, cfg.dataset), max_samples, seed=ctx.seed)
 
 
 # ---- protection ------------------------------------------------------------------------------
