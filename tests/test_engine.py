@@ -473,3 +473,22 @@ def test_cuda_autocast_and_loops():
         progress=False,
     )
     assert 0.0 <= cls["test_acc"][-1] <= 1.0
+
+
+def test_a_short_clip_run_still_checkpoints(tmp_path, monkeypatch):
+    # ckpt_every defaults to 500, and the quick recipes run 150-300 steps: a killed run restarted from 0
+    import obstructlib.engine.loop as loop_mod
+
+    saved = []
+    real = loop_mod.save_checkpoint
+
+    def counting(*args, **kwargs):
+        saved.append(kwargs["step"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop_mod, "save_checkpoint", counting)
+    cfg = ClipTrainConfig(steps=12, batch_size=8, lr=5e-3, warmup_steps=2, log_every=4)
+    assert cfg.ckpt_every == 500
+    seed_everything(0)
+    fit_clip(TinyClip(), Pairs(), cfg, "cpu", ckpt_dir=tmp_path / "ck", progress=False)
+    assert saved == [3, 6, 9, 12]   # every quarter of the run, the last step included

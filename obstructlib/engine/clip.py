@@ -99,7 +99,9 @@ class ClipTrainConfig:
         eps: AdamW epsilon.
         grad_clip: clip the global gradient norm; None disables (open_clip's default).
         log_every: history records the mean loss over each window of this many steps.
-        ckpt_every: checkpoint period in steps (the last step is always saved).
+        ckpt_every: checkpoint period in steps (the last step is always saved). A run of fewer
+            steps than this is checkpointed at every quarter instead (``checkpoint_period``), so
+            that a killed short run does not start over.
         num_workers: DataLoader workers.
         max_logit_scale: the learned temperature's inverse is clamped to this (CLIP: 100).
         seed: seed of the data order (a function of ``(seed, epoch)``; resuming is exact).
@@ -163,6 +165,16 @@ def clip_adamw(model: nn.Module, cfg: ClipTrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(
         [g for g in groups if g["params"]], lr=cfg.lr, betas=betas, eps=cfg.eps
     )
+
+
+def checkpoint_period(every: int, total: int) -> int:
+    """The checkpoint period of a run of ``total`` steps: ``every``, or a quarter of a shorter run.
+
+    Example:
+        >>> checkpoint_period(500, 150), checkpoint_period(500, 2000), checkpoint_period(3, 8)
+        (37, 500, 3)
+    """
+    return every if every < total else max(1, total // 4)
 
 
 def _warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -268,7 +280,7 @@ def fit_clip(
     window = [0.0, 0]  # loss sum and count since the last log
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     loop = ResumableLoop(stop_at, ckpt_dir=ckpt_dir, model=bare, optimizer=optimizer, scheduler=scheduler,
-                         config=cfg, every=cfg.ckpt_every,
+                         config=cfg, every=checkpoint_period(cfg.ckpt_every, total),
                          history={"step": [], "loss": [], "lr": [], "logit_scale": [], "seconds": []},
                          extra=lambda: {"window": [loss_sum.item(), window[1]], "scaler": scaler.state_dict()},
                          progress=progress and is_main_process(), desc="clip")
