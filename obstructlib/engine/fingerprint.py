@@ -92,24 +92,22 @@ def check_fingerprint(folder: str | os.PathLike, config: Any, *, extra: dict[str
     path = Path(folder)
     now = fingerprint(config, extra)
     stored = path / FINGERPRINT_FILE
-    if stored.is_file():
+    if stored.is_file() and not restart:
         try:
             old = json.loads(stored.read_text())
             if not isinstance(old, dict):
                 raise ValueError("not a JSON object")
         except (ValueError, UnicodeDecodeError) as err:
-            if not restart:
-                raise ConfigError(f"{stored} is corrupt ({type(err).__name__}), so the checkpoints beside it cannot be "
-                                  "trusted: pass --restart to start over, or delete the folder") from None
-            old = {"": "unreadable"}  # differs from any config: emptied below
+            raise ConfigError(f"{stored} is corrupt ({type(err).__name__}), so the checkpoints beside it cannot be "
+                              "trusted: pass --restart to start over, or delete the folder") from None
         diff = [k for k in sorted(set(old) | set(now)) if old.get(k) != now.get(k)]
-        if diff and not restart:
-            shown = ", ".join(f"{k}={old.get(k)!r} (now {now.get(k)!r})" for k in diff[:3])
-            more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
-            raise ConfigError(f"{path} holds a run with {shown}{more}: use a new --out, pass --restart to "
-                              "start over, or delete the folder")
-        if not diff and not restart:
+        if not diff:
             return
+        shown = ", ".join(f"{k}={old.get(k)!r} (now {now.get(k)!r})" for k in diff[:3])
+        more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
+        raise ConfigError(f"{path} holds a run with {shown}{more}: use a new --out, pass --restart to "
+                          "start over, or delete the folder")
+    if stored.is_file():  # --restart: whatever the folder holds (another config, a damaged file) goes
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     tmp = stored.with_suffix(".tmp")
