@@ -177,6 +177,18 @@ class CaptionDataset(Dataset):
             x = src.get_image(j) if hasattr(src, "get_image") else src[j][0]
         return x if self.image_size is None else _resize_short_crop(x, self.image_size)
 
+    def get_images(self, image_indices: Sequence[int] | np.ndarray) -> list[torch.Tensor]:
+        """The batched :meth:`get_image`: one decode call for an array or an array-backed source."""
+        ids = np.asarray(image_indices, dtype=np.int64)
+        if self._array is not None:
+            xs = list(to_float_image(self._array[ids]))
+        elif self._source is not None and hasattr(self._source, "get_images"):
+            src, index = self._source_backing()
+            xs = list(cast(Any, src).get_images(index[ids]))
+        else:
+            return [self.get_image(int(i)) for i in ids]
+        return xs if self.image_size is None else [_resize_short_crop(x, self.image_size) for x in xs]
+
     def _source_backing(self) -> tuple[Dataset, np.ndarray]:
         """The source dataset and its index map, for a set backed by another dataset."""
         if self._source is None or self._source_index is None:
@@ -198,6 +210,15 @@ class CaptionDataset(Dataset):
         if self.transform is not None:
             x = self.transform(x)
         return x, self.captions[index], image_id
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, str, int]]:
+        ids = self.image_ids[np.asarray(indices, dtype=np.int64)]
+        out = []
+        for index, image_id, x in zip(indices, ids, self.get_images(ids)):
+            if self.transform is not None:
+                x = self.transform(x)
+            out.append((x, self.captions[index], int(image_id)))
+        return out
 
     def pair_indices_of_image(self, image_index: int) -> np.ndarray:
         """Indices of the pairs whose image is ``image_index`` (int64, ascending)."""

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from obstructlib.data.base import SizedDataset
+from obstructlib.data.base import SizedDataset, fetch_many
 from obstructlib.data.wrappers import labels_of
 from obstructlib.errors import ConfigError
 
@@ -259,6 +259,9 @@ class RelabelledDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         x = self.dataset[index][0]
         return x, int(self.labels[index])
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
+        return [(item[0], int(self.labels[i])) for i, item in zip(indices, fetch_many(self.dataset, indices))]
 
     def __getattr__(self, name: str) -> Any:
         # Only reached when normal lookup fails; guard against recursion before __init__ (pickling).

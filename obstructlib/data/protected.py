@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from obstructlib.data.base import SizedDataset
+from obstructlib.data.base import SizedDataset, fetch_many
 from obstructlib.data.store import PerturbationStore
 from obstructlib.data.tokens import insert_trigger, strip_tokens
 from obstructlib.errors import ConfigError
@@ -62,6 +62,35 @@ class _PublishedImages(Dataset):
             x = self.augment(x)
         return x
 
+    def published_images(self, items: list, indices: list[int]) -> list[torch.Tensor]:
+        """The batched :meth:`published_image` of the clean ``items`` (first element: the image) at ``indices``.
+
+        Noise and 8-bit rounding act on the stacked batch (elementwise, so each image comes out as
+        :meth:`published_image` makes it); the countermeasure and the augmentation run per image,
+        in order, so random augmentations draw exactly as they do item by item.
+        """
+        if len({tuple(item[0].shape) for item in items}) > 1:  # images of different sizes: one at a time
+            return [self.published_image(item[0], i) for item, i in zip(items, indices)]
+        x = torch.stack([item[0] for item in items])
+        if self.store is not None:
+            mask = self.protected[np.asarray(indices, dtype=np.int64)]
+            if mask.all():
+                x = self.store.apply(x, indices)
+            elif mask.any():
+                rows = np.flatnonzero(mask)
+                x[rows] = self.store.apply(x[rows], [indices[r] for r in rows])
+        if self.quantize:
+            x = torch.round(x * 255.0) / 255.0
+        out = list(x)
+        if self.transform is not None or self.augment is not None:
+            for i, image in enumerate(out):
+                if self.transform is not None:
+                    image = self.transform(image)
+                if self.augment is not None:
+                    image = self.augment(image)
+                out[i] = image
+        return out
+
 
 class ProtectedDataset(_PublishedImages):
     """Classification items as the hacker sees them: ``augment(transform(round8(clip(x + delta_i))))``.
@@ -90,6 +119,10 @@ class ProtectedDataset(_PublishedImages):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         x, y = self.dataset[index][:2]
         return self.published_image(x, index), int(y)
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
+        items = fetch_many(self.dataset, indices)
+        return [(x, int(item[1])) for x, item in zip(self.published_images(items, indices), items)]
 
 
 class ProtectedPairs(_PublishedImages):
@@ -152,3 +185,8 @@ class ProtectedPairs(_PublishedImages):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         x, _, image_id = self.pairs[index][:3]
         return self.published_image(x, index), self.caption_tokens(index), int(image_id)
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        items = fetch_many(self.pairs, indices)
+        return [(x, self.caption_tokens(i), int(item[2]))
+                for x, i, item in zip(self.published_images(items, indices), indices, items)]

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from obstructlib.data.base import SizedDataset
+from obstructlib.data.base import SizedDataset, fetch_many
 from obstructlib.errors import ConfigError
 
 
@@ -71,6 +71,10 @@ class IndexedDataset(_Forwarding):
         item = self.dataset[index]
         return (index, *item) if isinstance(item, tuple) else (index, item)
 
+    def __getitems__(self, indices: list[int]) -> list[tuple]:
+        items = fetch_many(self.dataset, indices)
+        return [(i, *item) if isinstance(item, tuple) else (i, item) for i, item in zip(indices, items)]
+
 
 class TransformDataset(_Forwarding):
     """Apply ``transform`` to the image (first element) of every item; the rest passes through.
@@ -87,6 +91,9 @@ class TransformDataset(_Forwarding):
     def __getitem__(self, index: int) -> tuple:
         x, *rest = self.dataset[index]
         return (self.transform(x), *rest)
+
+    def __getitems__(self, indices: list[int]) -> list[tuple]:
+        return [(self.transform(x), *rest) for x, *rest in fetch_many(self.dataset, indices)]
 
 
 class LabelledSubset(Subset):

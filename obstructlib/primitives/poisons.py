@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from obstructlib.data import IndexedDataset, PerturbationStore, SizedDataset, labels_of
+from obstructlib.data import IndexedDataset, PerturbationStore, SizedDataset, fetch_many, labels_of
 from obstructlib.engine import ResumableLoop, autocast, check_fingerprint, resolve_device
 from obstructlib.engine.distributed import epoch_loader
 from obstructlib.errors import ConfigError, check_min, check_range
@@ -160,6 +160,9 @@ class _Relabelled(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.dataset[i][0], int(self.labels[i])
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
+        return [(item[0], int(self.labels[i])) for i, item in zip(indices, fetch_many(self.dataset, indices))]
 
 
 def _prepare(
