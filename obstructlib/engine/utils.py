@@ -20,6 +20,7 @@ from obstructlib.errors import ConfigError
 
 __all__ = [
     "amp_dtype",
+    "cpu_supports_bf16",
     "autocast",
     "count_parameters",
     "grad_scaler",
@@ -27,6 +28,7 @@ __all__ = [
     "resolve_device",
     "rng_state",
     "seed_everything",
+    "set_cpu_autocast",
     "set_rng_state",
 ]
 
@@ -109,10 +111,43 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
     return device
 
 
+_CPU_BF16 = False  # set by set_cpu_autocast (the runners' ``cpu_bf16`` field); off by default
+
+
+def cpu_supports_bf16() -> bool:
+    """True when this CPU computes bf16 natively (oneDNN's check: AVX-512 BF16 or AMX)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+def set_cpu_autocast(enabled: bool, force: bool = False) -> bool:
+    """Turn bf16 autocast on CPU on or off for this process; returns whether it is now on.
+
+    Off by default: CPU results then equal float32 references bit for bit, and CPUs without
+    native bf16 run it slower, so it only turns on where :func:`cpu_supports_bf16` (or with
+    ``force``, to study its rounding on any CPU). The runners set it from their ``cpu_bf16``
+    field for the length of a run (``--set cpu_bf16=true``).
+
+    Example:
+        >>> set_cpu_autocast(True, force=True), amp_dtype("cpu")
+        (True, torch.bfloat16)
+        >>> set_cpu_autocast(False), amp_dtype("cpu")
+        (False, None)
+    """
+    global _CPU_BF16
+    _CPU_BF16 = bool(enabled) and (force or cpu_supports_bf16())
+    return _CPU_BF16
+
+
 def amp_dtype(device: torch.device | str) -> torch.dtype | None:
     """The autocast dtype on ``device``: bf16 on Ampere or newer GPUs, fp16 on older ones
-    (T4, V100: no native bf16), None (full precision) on CPU and other devices."""
+    (T4, V100: no native bf16); on CPU bf16 once :func:`set_cpu_autocast` turned it on, else None
+    (full precision), as on other devices."""
     device = torch.device(device)
+    if device.type == "cpu":
+        return torch.bfloat16 if _CPU_BF16 else None
     if device.type != "cuda":
         return None
     major, _ = torch.cuda.get_device_capability(device)
@@ -124,8 +159,8 @@ def autocast(device: torch.device | str, enabled: bool = True) -> AbstractContex
 
     bf16 has float32's exponent range, so it needs no loss scaling; on pre-Ampere GPUs the
     dtype is float16 and the training loops scale the loss with :func:`grad_scaler` (nanoGPT's
-    recipe). CPU autocast is left off on purpose: it is slow on most CPUs and would make CPU
-    results differ from float32 references in tests.
+    recipe). CPU autocast is off unless :func:`set_cpu_autocast` turned it on: it is slow on CPUs
+    without native bf16 and makes CPU results differ from float32 references.
 
     Args:
         device: the device the computation runs on.
@@ -138,7 +173,7 @@ def autocast(device: torch.device | str, enabled: bool = True) -> AbstractContex
     dtype = amp_dtype(device) if enabled else None
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda", dtype=dtype)
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 def grad_scaler(device: torch.device | str, enabled: bool = True) -> torch.amp.GradScaler:

@@ -35,6 +35,8 @@ class ClipRunConfig:
         max_test_samples: seeded subset of test images (None: all).
         captions_per_image: templated captions per image (classification data only).
         train: the CLIP training recipe.
+        cpu_bf16: bf16 autocast on a CPU with native bf16 (off by default: it moves results by
+            rounding, and the quick figures are measured in float32).
     """
 
     dataset: str = "synthetic-captions"
@@ -45,6 +47,8 @@ class ClipRunConfig:
     max_test_samples: int | None = 1000
     captions_per_image: int = 1
     train: ClipTrainConfig = field(default_factory=ClipTrainConfig)
+
+    cpu_bf16: bool = False
 
     def validate(self) -> None:
         check_range("image_size", self.image_size, 8, 1024)

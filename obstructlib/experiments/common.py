@@ -237,7 +237,7 @@ def execute(name: str, *, profile: str | None, overrides: Sequence[str], seed: i
     """
     from obstructlib.config import apply_overrides, set_field
     from obstructlib.data import default_data_root
-    from obstructlib.engine import cleanup, init_distributed, resolve_device, seed_everything
+    from obstructlib.engine import cleanup, init_distributed, resolve_device, seed_everything, set_cpu_autocast
     from obstructlib.experiments import load_runners
     from obstructlib.profiles import resolve_profile
 
@@ -281,6 +281,7 @@ def execute(name: str, *, profile: str | None, overrides: Sequence[str], seed: i
         raise ConfigError(f"cannot create the run folder {out_dir} ({err.strerror}): give another --out") from None
     with run_lock(out_dir) if dist_info.is_main else nullcontext():
         had_fingerprint = (out_dir / "checkpoints" / FINGERPRINT_FILE).is_file()
+        cpu_bf16 = set_cpu_autocast(bool(getattr(cfg, "cpu_bf16", False)))  # stays off without native bf16
         try:
             metrics = runner.run(cfg, ctx)
         except ObstructError:
@@ -288,7 +289,11 @@ def execute(name: str, *, profile: str | None, overrides: Sequence[str], seed: i
                 forget_unstarted(out_dir / "checkpoints", had_fingerprint)
                 remove_if_created(out_dir, existed)
             raise
+        finally:
+            set_cpu_autocast(False)  # a run never leaves it on for the next one in this process
         payload = ctx.results(cfg, metrics)
+        if dev.type == "cpu":
+            payload["device"]["cpu_bf16"] = cpu_bf16  # what ran, not only what was asked
         if dist_info.is_main:
             write_json_atomic(out_dir / "results.json", payload)
     cleanup()

@@ -147,6 +147,8 @@ class LTORunConfig:
         attribute_task_size / attribute_obs_size: the per-step split of the defender's pool in
             ``attributes`` mode (the official 1,000 / 1,000 of CelebA's 16k).
         attacker_seed: the attacker's stream (set from ``--seed``).
+        cpu_bf16: bf16 autocast on a CPU with native bf16 (off by default: it moves results by
+            rounding, and the quick figures are measured in float32).
     """
 
     dataset: str = "synthetic"
@@ -194,6 +196,8 @@ class LTORunConfig:
         if bad or not names:
             raise ConfigError(f"unknown method {bad or self.method!r}: use a comma list of {', '.join(METHODS)} or all")
         return names
+
+    cpu_bf16: bool = False
 
     def validate(self) -> None:
         self.methods()

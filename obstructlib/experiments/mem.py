@@ -92,6 +92,8 @@ class MEMRunConfig:
         tap: the error-maximising baseline (one pass, 8 steps of 1/255).
         train: the hacker's recipe (official: AdamW 5e-4, wd 0.2, batch 128, 32 epochs, 10k warmup);
             also trains TAP's clean CLIP.
+        cpu_bf16: bf16 autocast on a CPU with native bf16 (off by default: it moves results by
+            rounding, and the quick figures are measured in float32).
     """
 
     dataset: str = "synthetic-captions"
@@ -125,6 +127,8 @@ class MEMRunConfig:
     # One value, written to each place that uses it by --set (config.LINKED); validate refuses a mismatch.
     LINKED: ClassVar[dict[str, tuple[str, ...]]] = {"eps": ("mem.eps", "em.eps", "tap.eps"),
                                                      "trigger_tokens": ("mem.trigger_tokens",)}
+
+    cpu_bf16: bool = False
 
     def validate(self) -> None:
         """Raise one-line :class:`ConfigError` for bad values (before anything runs)."""

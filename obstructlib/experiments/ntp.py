@@ -88,6 +88,8 @@ class NTPRunConfig:
             the magnitude baseline's sparsity too).
         ntl: NTL's recipe.
         simclr: the SimCLR pre-training recipe of ``source_init=simclr``.
+        cpu_bf16: bf16 autocast on a CPU with native bf16 (off by default: it moves results by
+            rounding, and the quick figures are measured in float32).
     """
 
     source: str = "digits"
@@ -113,6 +115,8 @@ class NTPRunConfig:
     ntp: NTPConfig = field(default_factory=NTPConfig)
     ntl: NTLConfig = field(default_factory=NTLConfig)
     simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
+
+    cpu_bf16: bool = False
 
     def validate(self) -> None:
         """Raise one-line :class:`ConfigError` for bad values (before anything runs)."""

@@ -87,6 +87,8 @@ class UBTRunConfig:
         cleanclip: CleanCLIP's settings.
         roclip: RoCLIP's settings (its ``train`` recipe is the victim's, see :func:`resolve`).
         abl: ABL's settings.
+        cpu_bf16: bf16 autocast on a CPU with native bf16 (off by default: it moves results by
+            rounding, and the quick figures are measured in float32).
     """
 
     dataset: str = "synthetic"
@@ -110,6 +112,8 @@ class UBTRunConfig:
     cleanclip: CleanCLIPConfig = field(default_factory=CleanCLIPConfig)
     roclip: RoCLIPConfig = field(default_factory=lambda: RoCLIPConfig(train=ClipTrainConfig()))
     abl: ABLConfig = field(default_factory=ABLConfig)
+
+    cpu_bf16: bool = False
 
     def validate(self) -> None:
         """Raise one-line :class:`ConfigError` for bad values (before anything runs)."""

@@ -38,7 +38,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from sklearn.metrics import normalized_mutual_info_score
 
 from obstructlib.config import check_linked, link
 from obstructlib.data import LabelledSubset, PerturbationStore, ProtectedDataset, load_dataset, seeded_subset
@@ -131,6 +130,8 @@ class UCRunConfig:
         mixup_alpha: Beta parameter for ``mixup``.
         adv: PGD adversarial training for ``adv`` (8/255, few steps).
         train: the target recipe (paper: SGD 0.9, lr 0.1, wd 5e-4, cosine, 90 epochs, batch 512).
+        cpu_bf16: bf16 autocast on a CPU with native bf16 (off by default: it moves results by
+            rounding, and the quick figures are measured in float32).
     """
 
     dataset: str = "synthetic"
@@ -164,6 +165,8 @@ class UCRunConfig:
     LINKED: ClassVar[dict[str, tuple[str, ...]]] = {"eps": ("uc.eps", "em.eps", "tap.eps"),
                                                      "surrogate": ("uc.surrogate",)}
     ALIASES: ClassVar[dict[str, tuple[str, ...]]] = {"target_seed": ("hacker_seed",)}
+
+    cpu_bf16: bool = False
 
     def validate(self) -> None:
         """Raise one-line :class:`ConfigError` for bad values (before anything runs)."""
@@ -439,6 +442,8 @@ def run(cfg: UCRunConfig, ctx: RunContext) -> dict[str, Any]:
     drops = [h["clean"] - h["protected"] for h in per_hacker]
     if store.mode == "cluster":  # how class-like the protector's clusters are (measured, never used to protect)
         truth = labels_of(train)
+        from sklearn.metrics import normalized_mutual_info_score  # here: importing the runners needs no sklearn
+
         info = {**info, "cluster_class_nmi": float(normalized_mutual_info_score(truth, store.assignments))}
     first = runs["clean"][0]
     return {
