@@ -9,9 +9,22 @@ FLOPs of one step are counted with ``torch.utils.flop_counter.FlopCounterMode`` 
 convolutions, forward and backward; the optimizer's element-wise work is not counted), and
 MFU = achieved FLOP/s / the card's dense bf16 (fp16 where bf16 is missing) tensor-core peak.
 
+``--compile`` runs the forward pass through ``torch.compile`` (default mode); the first step, which
+compiles, is untimed and reported as ``compile_s``. A compile that fails (no C++ compiler on CPU, an
+unsupported op) is one line on stderr and in the record's ``compile_error``, and the eager model is
+timed instead (``compiled: false``). FLOPs are always counted on the eager model.
+
+Attention: open_clip 3.x has no fused-attention switch. Its default ``ResidualAttentionBlock`` uses
+``nn.MultiheadAttention``, whose training path (``need_weights=False``) calls
+``F.scaled_dot_product_attention``; the ``custom`` block calls SDPA directly. So SDPA is always in use,
+and the record names the SDPA kernels (``sdpa_kernels``: flash, memory-efficient, cuDNN or math) that
+one profiled, untimed step dispatched to. ``peak_mem_gib`` is the CUDA allocator's peak over the timed
+steps (null on CPU).
+
 Usage:
     python benchmarks/clip_throughput.py --arch tiny-vit --batch-size 64 --device cpu
     python benchmarks/clip_throughput.py --arch ViT-B-32 --batch-size 256 --device cuda --out bench.jsonl
+    python benchmarks/clip_throughput.py --arch ViT-B-32 --batch-size 256 --device cuda --compile
 
 Prints one JSON line (and appends it to ``--out`` when given).
 """
@@ -21,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -77,15 +91,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_step(model: torch.nn.Module, device: torch.device, amp: bool, lr: float):
-    """A closure running one full training step on a fixed batch."""
+def make_step(model: torch.nn.Module, device: torch.device, amp: bool, lr: float, forward=None):
+    """A closure running one full training step on a fixed batch.
+
+    ``forward`` (default: ``model``) computes the features, e.g. ``torch.compile(model)``; the
+    optimizer and the logit-scale clamp always act on ``model``'s own parameters.
+    """
+    forward = model if forward is None else forward
     optimizer = clip_adamw(model, ClipTrainConfig(lr=lr))
     scaler = grad_scaler(device, amp)
     max_log_scale = math.log(100.0)
 
     def step(images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         with autocast(device, enabled=amp):
-            image_features, text_features, scale = model(images, tokens)
+            image_features, text_features, scale = forward(images, tokens)
         loss = clip_loss(image_features.float(), text_features.float(), scale.float())
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -108,6 +127,52 @@ def count_step_flops(step, images: torch.Tensor, tokens: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
+def attention_kind(model: torch.nn.Module) -> str:
+    """Which attention modules the model uses; all of them reach ``F.scaled_dot_product_attention``."""
+    from open_clip.transformer import Attention
+
+    kinds = sorted(
+        {
+            "nn.MultiheadAttention" if isinstance(m, torch.nn.MultiheadAttention) else "open_clip Attention"
+            for m in model.modules()
+            if isinstance(m, (torch.nn.MultiheadAttention, Attention))
+        }
+    )
+    return f"{' + '.join(kinds)} (SDPA)" if kinds else "none found (SDPA not used by a transformer block)"
+
+
+def sdpa_kernels(step, images: torch.Tensor, tokens: torch.Tensor) -> list[str]:
+    """The aten SDPA kernels (flash, efficient, cudnn, math, ...) one profiled step dispatches to."""
+    from torch.profiler import ProfilerActivity, profile
+
+    # kineto's stage/USDT chatter on stderr; read when the profiler first starts (6: nothing)
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+    with profile(activities=[ProfilerActivity.CPU]) as prof:  # aten ops are recorded on the CPU side
+        step(images, tokens)
+    # the backend ops (aten::_scaled_dot_product_{flash,efficient,cudnn}_attention, ..._math), not the
+    # public wrapper aten::scaled_dot_product_attention nor the backward ops
+    return sorted({e.key for e in prof.key_averages() if "_scaled_dot_product" in e.key and "backward" not in e.key})
+
+
+def compile_first_step(model: torch.nn.Module, device: torch.device, amp: bool, lr: float, images, tokens):
+    """Build a step on ``torch.compile(model)`` and run its first (compiling) step.
+
+    Returns:
+        ``(step, seconds of the first step, None)``, or ``(None, None, one-line error)`` when
+        compilation fails.
+    """
+    step = make_step(model, device, amp, lr, forward=torch.compile(model))
+    _sync(device)
+    start = time.perf_counter()
+    try:
+        step(images, tokens)
+        _sync(device)
+    except Exception as e:  # any compiler failure (inductor, missing C++ compiler) is reported; eager is timed
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        return None, None, f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
+    return step, time.perf_counter() - start, None
+
+
 def benchmark(
     arch: str,
     batch_size: int,
@@ -118,10 +183,15 @@ def benchmark(
     amp: bool,
     image_size: int | None,
     flops: bool,
+    compile_model: bool = False,
     lr: float = 5e-4,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Time ``steps`` training steps after ``warmup`` untimed ones; return the result record."""
+    """Time ``steps`` training steps after ``warmup`` untimed ones; return the result record.
+
+    With ``compile_model``, the forward pass runs through ``torch.compile`` and the compiling first step
+    is untimed (``compile_s``); if compilation fails the eager step is timed (``compile_error``).
+    """
     seed_everything(seed)
     model = create_clip(arch, device=device, **({"image_size": image_size} if image_size else {}))
     model.train()
@@ -135,14 +205,24 @@ def benchmark(
     step = make_step(model, device, amp, lr)
 
     step_flops = count_step_flops(step, images, tokens) if flops else None
+    compile_s = compile_error = None
+    if compile_model:
+        compiled_step, compile_s, compile_error = compile_first_step(model, device, amp, lr, images, tokens)
+        if compiled_step is None:
+            print(f"clip_throughput: torch.compile failed, timing eager instead: {compile_error}", file=sys.stderr)
+        step = compiled_step or step
     for _ in range(warmup):
         step(images, tokens)
+    kernels = sdpa_kernels(step, images, tokens)
     _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     for _ in range(steps):
         loss = step(images, tokens)
     _sync(device)
     elapsed = time.perf_counter() - start
+    peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
     step_s = elapsed / steps
     achieved = step_flops / step_s / 1e12 if step_flops else None
@@ -169,6 +249,12 @@ def benchmark(
         "final_loss": float(loss),
         "params": sum(p.numel() for p in model.parameters()),
         "torch": torch.__version__,
+        "compiled": compile_model and compile_error is None,
+        "compile_s": compile_s,
+        "compile_error": compile_error,
+        "attention": attention_kind(model),
+        "sdpa_kernels": kernels,
+        "peak_mem_gib": peak_mem,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
@@ -191,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--flops", choices=("auto", "yes", "no"), default="auto", help="count FLOPs (auto: on CUDA only)"
     )
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (first, compiling step untimed: compile_s)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=None, help="append the JSON line to this file")
     args = parser.parse_args(argv)
@@ -207,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         amp=not args.no_amp,
         image_size=args.image_size,
         flops=flops,
+        compile_model=args.compile,
     )
     line = json.dumps(result)
     print(line)
