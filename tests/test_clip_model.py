@@ -150,3 +150,23 @@ def test_overrides_merge_into_the_config():
     assert model.encode_image(torch.rand(1, 3, 32, 32)).shape == (1, 128)
     with pytest.raises(ConfigError, match="override"):
         create_clip("tiny-vit", not_a_key=1)
+
+
+def test_deepcopy_shares_the_tokenizer_and_copies_the_weights():
+    import copy
+    import time
+
+    model = create_clip("tiny-rn", None, image_size=32, context_length=20)
+    start = time.perf_counter()
+    twin = copy.deepcopy(model)
+    assert time.perf_counter() - start < 2.0
+    assert twin.tokenizer is model.tokenizer and twin.name == model.name and twin.image_size == model.image_size
+    pairs = list(zip(model.parameters(), twin.parameters()))
+    assert pairs and all(a is not b and torch.equal(a, b) for a, b in pairs)
+    assert all(a.data_ptr() != b.data_ptr() for a, b in pairs)
+    x, tokens = torch.rand(2, 3, 32, 32), model.tokenize(["a red circle", "a blue square"])
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(model.eval()(x, tokens), twin.eval()(x, tokens)))
+        next(twin.parameters()).add_(1.0)  # the copy's weights are its own
+    assert not torch.equal(next(model.parameters()), next(twin.parameters()))
+    assert model.tokenize(["a red circle"]).tolist() == twin.tokenize(["a red circle"]).tolist()
