@@ -98,3 +98,4 @@ def test_dataloader_batches_are_unchanged_and_odd_sizes_fall_back():
 
     got = ProtectedDataset(Odd(), None).__getitems__([1, 0])
     assert [tuple(x.shape) for x, _ in got] == [(3, 5, 5), (3, 4, 4)]
+    assert ProtectedDataset(Odd(), None).__getitems__([]) == [] and ds.__getitems__([]) == []

@@ -184,6 +184,8 @@ class ArrayImageDataset(Dataset):
 
     def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
         """Items ``indices`` with one batched decode (``DataLoader`` calls this once per batch)."""
+        if not indices:
+            return []
         images = self.get_images(indices)
         out = []
         for index, x in zip(indices, images):

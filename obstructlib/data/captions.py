@@ -212,6 +212,8 @@ class CaptionDataset(Dataset):
         return x, self.captions[index], image_id
 
     def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, str, int]]:
+        if not indices:
+            return []
         ids = self.image_ids[np.asarray(indices, dtype=np.int64)]
         out = []
         for index, image_id, x in zip(indices, ids, self.get_images(ids)):

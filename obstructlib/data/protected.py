@@ -69,6 +69,8 @@ class _PublishedImages(Dataset):
         :meth:`published_image` makes it); the countermeasure and the augmentation run per image,
         in order, so random augmentations draw exactly as they do item by item.
         """
+        if not items:
+            return []
         if len({tuple(item[0].shape) for item in items}) > 1:  # images of different sizes: one at a time
             return [self.published_image(item[0], i) for item, i in zip(items, indices)]
         x = torch.stack([item[0] for item in items])
