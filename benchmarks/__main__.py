@@ -53,7 +53,9 @@ def markdown(records: list[dict[str, Any]]) -> str:
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in records:
         if r.get("bench") == "pass":
-            groups.setdefault((r["name"], r.get("label", ""), json.dumps(r["setting"], sort_keys=True)), []).append(r)
+            key = (r["name"], r.get("label", ""), r.get("scale", ""), r.get("device_name", ""),
+                   json.dumps(r["setting"], sort_keys=True))
+            groups.setdefault(key, []).append(r)
     rows = ["| pass | label | setting | schedule | wall s | ideal s | ratio | passes | train step ms | "
             "ratio_steps | device |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for rs in groups.values():
@@ -104,7 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     records: list[dict[str, Any]] = []
     if args.inputs:
         for path in args.inputs:
-            records += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            if not path.is_file():
+                parser.error(f"--from {path}: no such file (give the JSON-lines file a run wrote with --out)")
+            try:
+                records += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                parser.error(f"--from {path}: not a JSON-lines file ({e}); give the file a run wrote with --out")
         order = {name: i for i, name in enumerate(PASSES)}  # each pass's rows together, in file order
         records.sort(key=lambda r: order.get(r.get("name", ""), len(order)))
     else:

@@ -52,7 +52,14 @@ def test_readme_table_is_replaced_between_its_markers(tmp_path):
     assert "| mem | before |" in text and "**1.50**" in text
 
 
-def test_unknown_names_are_one_line(capsys):
+def test_unknown_names_and_bad_input_files_are_one_line(capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["nosuchpass", "--scale", "smoke"])
     assert e.value.code == 2 and "unknown benchmark nosuchpass" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["--from", str(tmp_path / "missing.jsonl")])
+    assert e.value.code == 2 and "no such file" in capsys.readouterr().err
+    (tmp_path / "bad.jsonl").write_text("not json\n")
+    with pytest.raises(SystemExit) as e:
+        main(["--from", str(tmp_path / "bad.jsonl")])
+    assert e.value.code == 2 and "not a JSON-lines file" in capsys.readouterr().err
