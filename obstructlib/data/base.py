@@ -155,12 +155,7 @@ class ArrayImageDataset(Dataset):
 
     def get_image(self, index: int) -> torch.Tensor:
         """The float ``(C, H, W)`` image at ``index`` before ``transform``."""
-        x = to_float_image(self.images[index], self.image_size)
-        if self.channels == 3 and x.shape[0] == 1:
-            x = x.expand(3, -1, -1).contiguous()
-        elif self.channels == 1 and x.shape[0] == 3:
-            x = x.mean(0, keepdim=True)
-        return x
+        return self.get_images([index])[0]
 
     def get_images(self, indices: Sequence[int]) -> torch.Tensor:
         """The float images ``(B, C, H, W)`` at ``indices`` in one call (the batched :meth:`get_image`).

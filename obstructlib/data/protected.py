@@ -52,15 +52,7 @@ class _PublishedImages(Dataset):
 
     def published_image(self, x: torch.Tensor, index: int) -> torch.Tensor:
         """Image ``index`` as the hacker trains on it (``x``: the clean image, ``(C, H, W)`` in [0, 1])."""
-        if self.store is not None and self.protected[index]:
-            x = self.store.apply(x[None], [index])[0]
-        if self.quantize:
-            x = torch.round(x * 255.0) / 255.0
-        if self.transform is not None:
-            x = self.transform(x)
-        if self.augment is not None:
-            x = self.augment(x)
-        return x
+        return self.published_images([(x,)], [index])[0]
 
     def published_images(self, items: list, indices: list[int]) -> list[torch.Tensor]:
         """The batched :meth:`published_image` of the clean ``items`` (first element: the image) at ``indices``.
@@ -72,7 +64,7 @@ class _PublishedImages(Dataset):
         if not items:
             return []
         if len({tuple(item[0].shape) for item in items}) > 1:  # images of different sizes: one at a time
-            return [self.published_image(item[0], i) for item, i in zip(items, indices)]
+            return [self.published_images([item], [i])[0] for item, i in zip(items, indices)]
         x = torch.stack([item[0] for item in items])
         if self.store is not None:
             mask = self.protected[np.asarray(indices, dtype=np.int64)]

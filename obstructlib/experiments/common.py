@@ -235,7 +235,7 @@ def execute(name: str, *, profile: str | None, overrides: Sequence[str], seed: i
     Raises:
         ObstructError: bad input; a run folder this call created is removed again.
     """
-    from obstructlib.config import apply_overrides, set_field
+    from obstructlib.config import MAX_SEED, apply_overrides, set_field
     from obstructlib.data import default_data_root
     from obstructlib.engine import cleanup, init_distributed, resolve_device, seed_everything, set_cpu_autocast
     from obstructlib.experiments import load_runners
@@ -245,8 +245,6 @@ def execute(name: str, *, profile: str | None, overrides: Sequence[str], seed: i
     if name not in runners:
         raise ConfigError(f"unknown runner {name!r}: use one of {', '.join(sorted(runners))}")
     runner = runners[name]
-    from obstructlib.config import MAX_SEED
-
     if not 0 <= seed <= MAX_SEED:
         raise ConfigError(f"--seed {seed}: use an integer from 0 to {MAX_SEED}")
     for field_name, value in (flags or {}).items():  # a flag and a --set of the same field: which one?

@@ -190,14 +190,14 @@ class LTORunConfig:
     meta_share: float = 0.7
     attacker_seed: int = 0
 
+    cpu_bf16: bool = False
+
     def methods(self) -> list[str]:
         names = list(METHODS) if self.method == "all" else [m.strip() for m in self.method.split(",") if m.strip()]
         bad = [m for m in names if m not in METHODS]
         if bad or not names:
             raise ConfigError(f"unknown method {bad or self.method!r}: use a comma list of {', '.join(METHODS)} or all")
         return names
-
-    cpu_bf16: bool = False
 
     def validate(self) -> None:
         self.methods()

@@ -37,9 +37,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from obstructlib.data import IndexedDataset, PerturbationStore, SizedDataset, fetch_many, labels_of
+from obstructlib.data import IndexedDataset, PerturbationStore, RelabelledDataset, SizedDataset, labels_of
 from obstructlib.engine import ResumableLoop, autocast, check_fingerprint, resolve_device
 from obstructlib.engine.distributed import epoch_loader
 from obstructlib.errors import ConfigError, check_min, check_range
@@ -149,31 +149,15 @@ class ErrorMaxConfig:
         check_min(self, ("steps", "batch_size", "ckpt_every_batches"))
 
 
-class _Relabelled(Dataset):
-    """Items ``(image, labels[i])``: the protector's labels (true, or surrogate-predicted)."""
-
-    def __init__(self, dataset: SizedDataset, labels: np.ndarray) -> None:
-        self.dataset, self.labels = dataset, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.dataset[i][0], int(self.labels[i])
-
-    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
-        return [(item[0], int(self.labels[i])) for i, item in zip(indices, fetch_many(self.dataset, indices))]
-
-
 def _prepare(
     dataset: SizedDataset, labels: Sequence[int] | np.ndarray | None
-) -> tuple[_Relabelled, np.ndarray, tuple]:
+) -> tuple[RelabelledDataset, np.ndarray, tuple]:
     labels = labels_of(dataset) if labels is None else np.asarray(labels, dtype=np.int64)
     if labels is None:
         raise ConfigError("the dataset has no labels/targets attribute: pass labels= (one int per sample)")
     if len(labels) != len(dataset) or len(labels) == 0:
         raise ConfigError(f"{len(labels)} labels for {len(dataset)} samples: pass one label per sample")
-    return _Relabelled(dataset, labels), labels, tuple(dataset[0][0].shape)
+    return RelabelledDataset(dataset, labels), labels, tuple(dataset[0][0].shape)
 
 
 def _ce_loss(model: nn.Module, device: torch.device, amp: bool, shift: int = 0) -> Callable:
