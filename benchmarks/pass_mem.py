@@ -8,19 +8,17 @@ needs (see ``benchmarks/passes.py``).
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import obstructlib as ob
-from benchmarks.passes import FORWARD, Pass, Work, with_fields
+from benchmarks.passes import FORWARD, Pass, Work, clip_train_step, with_fields
 from obstructlib.data import load_dataset, load_pairs, seeded_subset, tokenize_captions
 from obstructlib.engine import autocast
-from obstructlib.engine.clip import clip_adamw
 from obstructlib.methods.mem import MEMConfig, protect
-from obstructlib.methods.mem.steps import PairState, clip_batch_loss
+from obstructlib.methods.mem.steps import PairState
 from obstructlib.models import create_clip, create_model
 from obstructlib.primitives.perturb import frozen, pgd
 from obstructlib.primitives.poisons import (
@@ -62,18 +60,7 @@ def _mem_like(scale: str, device: torch.device, trigger: bool) -> Pass:
     g = torch.Generator().manual_seed(0)
     triggers = torch.randint(1000, 2000, (n, k), generator=g)
     players = PairState(unit, tokens, triggers, torch.arange(n).numpy(), K, recipe.shuffle_captions, recipe.amp)
-    opt = clip_adamw(unit, recipe.surrogate)
-    batch_tokens = tokens[:B].long().to(device)
-
-    def train_step() -> None:
-        unit.train()
-        loss = clip_batch_loss(unit, x, batch_tokens, recipe.amp)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            unit.logit_scale.clamp_(0.0, math.log(recipe.surrogate.max_logit_scale))
-        unit.eval()
+    train_step = clip_train_step(unit, recipe.surrogate, x, tokens[:B].long().to(device))
 
     def pgd_step() -> None:
         with frozen(unit):

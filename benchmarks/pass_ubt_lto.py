@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import obstructlib as ob
-from benchmarks.passes import FORWARD, Pass, Work, with_fields
+from benchmarks.passes import FORWARD, Pass, Work, clip_train_step, with_fields
 from obstructlib.data import load_dataset, load_pairs, seeded_subset
 from obstructlib.engine import autocast
 from obstructlib.engine.clip import clip_adamw
@@ -179,18 +179,7 @@ def ubt(scale: str, device: torch.device) -> Pass:
         finish(opt_u, loss, cfg.unlearn)
 
     B = cfg.overfit.batch_size
-    opt_t = clip_adamw(unit, cfg.overfit)
-    x_t, t_t = x_p.to(device), t_p.to(device)
-
-    def train_step() -> None:
-        unit.train()
-        loss = _info_nce(*_features(unit, x_t, t_t, device, cfg.overfit.amp))  # the CLIP loss
-        opt_t.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_t.step()
-        with torch.no_grad():
-            unit.logit_scale.clamp_(0.0, math.log(cfg.overfit.max_logit_scale))
-        unit.eval()
+    train_step = clip_train_step(unit, cfg.overfit, x_p.to(device), t_p.to(device))
 
     per_fwd = FORWARD * Bs / Bo / 2  # half a forward of Bs pairs, in training steps of Bo pairs
     ascent_batches = 1 + (cfg.negatives > 0) + retain

@@ -167,6 +167,24 @@ def finite(record: dict[str, Any]) -> bool:
                for k in ("wall_s", "ideal_s", "ratio", "ratio_steps"))
 
 
+def clip_train_step(model: torch.nn.Module, cfg: Any, images: torch.Tensor, tokens: torch.Tensor) -> Callable[[], None]:
+    """One training step of a CLIP on a fixed batch, exactly as ``fit_clip`` runs it (the engine's own
+    step: autocast, contrastive loss, backward, AdamW, temperature clamp; a constant learning rate)."""
+    from obstructlib.engine import grad_scaler
+    from obstructlib.engine.clip import _train_step, clip_adamw
+
+    opt = clip_adamw(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    scaler = grad_scaler(images.device, cfg.amp)
+
+    def step() -> None:
+        model.train()
+        _train_step(model, model, (images, tokens), opt, scheduler, scaler, cfg, images.device)
+        model.eval()
+
+    return step
+
+
 def with_fields(cfg: Any, **changes: Any) -> Any:
     """``dataclasses.replace`` that keeps the call sites short."""
     return dataclasses.replace(cfg, **changes)
