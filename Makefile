@@ -4,9 +4,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
-# Tests never touch the network: open_clip/huggingface stay offline, profile is `quick`.
+# Tests never touch the network: open_clip/huggingface stay offline, loaders fetch nothing on first use
+# (OBSTRUCT_DOWNLOAD=0), profile is `quick`. MPLBACKEND stays unset: the notebook kernels render figures.
 # Tests run on CPU even where a GPU exists (as open_clip's tests do): CUDA_VISIBLE_DEVICES is empty.
-TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OBSTRUCT_PROFILE=quick MPLBACKEND=Agg PYTHONHASHSEED=0 CUDA_VISIBLE_DEVICES=
+TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OBSTRUCT_PROFILE=quick OBSTRUCT_DOWNLOAD=0 PYTHONHASHSEED=0 CUDA_VISIBLE_DEVICES=
 # Two pytest workers of one thread each (pytest-xdist; a notebook's cells stay together on one worker,
 # as nbval needs): on 2 cores that beats one two-thread process on the tiny models, and never runs
 # 2 x 2 threads on 2 cores. TEST_WORKERS=0 runs everything in this process.

@@ -1,6 +1,7 @@
 """The ``obstruct`` command (also ``python -m obstructlib``).
 
-Subcommands: ``info`` and one per registered runner. Common options: ``--profile``,
+Subcommands: ``info``, ``data fetch NAME`` / ``data list`` and one per registered runner.
+Common options of the runners: ``--profile``,
 ``--data-root``, ``--out``, ``--seed``, ``--device`` and repeatable ``--set key=value``.
 A run writes ``OUT/results.json`` and exits 0; re-running with the same ``--out`` resumes from
 the last checkpoint. Bad input exits 2 with one line on stderr and leaves nothing half-written.
@@ -47,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="versions, device, profile, data root and which datasets are present")
     _common(info)
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    data = sub.add_parser("data", help="fetch the real datasets: `obstruct data list`, `obstruct data fetch NAME`",
+                          description="obstruct data list | obstruct data fetch NAME [--root DIR] [NAME's options]"
+                          " (`obstruct data fetch NAME --help` lists them)")
+    data.add_argument("action", choices=("fetch", "list"))
+    data.add_argument("rest", nargs=argparse.REMAINDER, help="NAME and its options (fetch)")
     for runner in load_runners().values():
         p = sub.add_parser(runner.name, help=runner.help, description=runner.help)
         _common(p)
@@ -108,6 +114,34 @@ def run_command(args: argparse.Namespace) -> Path:
     return (Path(args.out) if args.out is not None else Path("runs") / args.command) / "results.json"
 
 
+def data_command(action: str, rest: Sequence[str]) -> int:
+    """``obstruct data list`` and ``obstruct data fetch NAME [--root DIR] [options]``: the exit status.
+
+    Fetch exits 0 when the dataset is in place, 1 when a download failed (a partial file is kept
+    and a rerun resumes), 2 on a bad name or option, 3 when a step by hand is needed (it says which).
+    """
+    from obstructlib.data.fetchers import AUTOMATIC, FETCHERS, default_root, fetch_main
+
+    if action == "list":
+        print(f"data root: {default_root()}  ($OBSTRUCT_DATA, else <repo>/data in a checkout, else ./data)")
+        for name, what in FETCHERS.items():
+            auto = "auto" if name in AUTOMATIC else "    "
+            print(f"  {name:<15} {auto}  {what}")
+        print("auto: a loader fetches it on first use (set OBSTRUCT_DOWNLOAD=0 to forbid); "
+              "the others: obstruct data fetch NAME")
+        return 0
+    if not rest or rest[0].startswith("-"):
+        print("obstruct data fetch: error: name a dataset: obstruct data fetch NAME "
+              f"(one of {', '.join(FETCHERS)})", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    name, *args = rest
+    if name not in FETCHERS:
+        print(f"obstruct data fetch: error: no fetcher for {name!r}: use one of {', '.join(FETCHERS)}",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return fetch_main(name, args)
+
+
 def _print_registered(command: str, field: str) -> bool:
     """``obstruct uc --method help``: print what the runner's registry for ``field`` holds."""
     from obstructlib.experiments import RUNNERS
@@ -129,6 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv
     try:
+        if args.command == "data":
+            if args.action == "list" and args.rest:
+                parser.error(f"obstruct data list takes no arguments, got {' '.join(args.rest)}")
+            return data_command(args.action, args.rest)
         if args.command == "info":
             report = info(args)
             if args.json:

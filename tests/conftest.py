@@ -3,13 +3,19 @@
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("OBSTRUCT_PROFILE", "quick")
+# No test reaches the network by accident: loaders do not fetch a missing dataset on first use.
+os.environ.setdefault("OBSTRUCT_DOWNLOAD", "0")
 # CPU only, as open_clip's tests do: a GPU on the test machine changes neither defaults nor results.
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
+import matplotlib
 import pytest
 import torch
+
+# Agg for this process only: MPLBACKEND is not set, so the notebook kernels nbval starts (they inherit
+# the environment) keep their inline backend and render every figure, as a reader's kernel does.
+matplotlib.use("Agg")
 
 
 @pytest.fixture(autouse=True)

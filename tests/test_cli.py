@@ -21,7 +21,7 @@ def test_info_lists_datasets_and_fetch_commands(capsys, tmp_path):
     assert report["device"]["type"] == ("cuda" if torch.cuda.is_available() else "cpu")
     assert report["datasets"]["digits"]["present"]
     cifar = report["datasets"]["cifar10"]
-    assert not cifar["present"] and "data_scripts/cifar10.py" in cifar["fetch"] and str(tmp_path) in cifar["fetch"]
+    assert not cifar["present"] and "obstruct data fetch cifar10" in cifar["fetch"] and str(tmp_path) in cifar["fetch"]
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -30,7 +30,7 @@ def test_info_lists_datasets_and_fetch_commands(capsys, tmp_path):
     (["clip", "--set", "image_size=4"], "outside"),
     (["clip", "--dataset", "imagenet21k"], "unknown dataset"),
     (["clip", "--dataset", "npz:/no/such/file.npz"], "/no/such/file.npz"),
-    (["clip", "--dataset", "cifar10"], "data_scripts/cifar10.py"),
+    (["clip", "--dataset", "cifar10"], "obstruct data fetch cifar10"),
 ])
 def test_bad_input_exits_2_with_one_line_and_leaves_nothing(argv, words, tmp_path, cli_fails):
     out = tmp_path / "run"

@@ -133,7 +133,7 @@ def test_csv_errors_are_one_line(tmp_path: Path) -> None:
 
 def test_missing_registered_dataset_names_fetch_command(tmp_path: Path) -> None:
     for name in ("flickr8k", "flickr30k", "coco_captions", "cc3m"):
-        with pytest.raises(DatasetNotFoundError, match=f"python data_scripts/{name}.py --root {tmp_path}"):
+        with pytest.raises(DatasetNotFoundError, match=f"obstruct data fetch {name} --root {tmp_path}"):
             load_dataset(name, root=tmp_path)
 
 

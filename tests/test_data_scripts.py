@@ -1,11 +1,12 @@
-"""Tests of data_scripts/: downloads against a local HTTP server, safe extraction, and every layout
-step on tiny fixtures written in the real on-disk formats. Offline and fast."""
+"""Tests of the fetchers (``obstructlib.data.fetchers``, ``obstruct data fetch``, the ``data_scripts/``
+wrappers): downloads against a local HTTP server, safe extraction, and every layout step on tiny
+fixtures written in the real on-disk formats. Offline and fast."""
 
 from __future__ import annotations
 
 import bz2
 import csv
-import importlib.util
+import importlib
 import io
 import json
 import socket
@@ -39,18 +40,13 @@ SCRIPTS = [
     "cc3m",
     "imagenet",
 ]
-sys.path.insert(0, str(SCRIPTS_DIR))  # the scripts import their shared helpers as top-level modules
-
-import _common  # noqa: E402  (found through the sys.path entry above)
-from _common import FetchError, download, extract  # noqa: E402
+from obstructlib.data.fetchers import _common  # noqa: E402
+from obstructlib.data.fetchers._common import FetchError, download, extract  # noqa: E402
 
 
 def load_script(name: str):
-    """Import data_scripts/NAME.py under a private module name (no clash with real packages)."""
-    spec = importlib.util.spec_from_file_location(f"data_script_{name}", SCRIPTS_DIR / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The fetcher module of dataset ``name`` (what ``obstruct data fetch NAME`` runs)."""
+    return importlib.import_module(f"obstructlib.data.fetchers.{name}")
 
 
 def jpeg_bytes(array: np.ndarray) -> bytes:
@@ -281,7 +277,7 @@ def test_mnist_from_npz_writes_idx(tmp_path):
     arrays = fake_mnist()
     np.savez(tmp_path / "m.npz", **arrays)
     assert load_script("mnist").main(["--root", str(tmp_path), "--from-npz", str(tmp_path / "m.npz")]) == 0
-    import _idx
+    from obstructlib.data.fetchers import _idx
 
     back = _idx.load_mnist_arrays(tmp_path)  # finds ROOT/MNIST/raw
     for key, value in arrays.items():
@@ -392,11 +388,13 @@ def test_cc3m_subset_and_command(tmp_path):
 
 
 def test_manual_steps_exit_3(tmp_path, monkeypatch, capsys):
+    from obstructlib.data.fetchers import ManualStepNeeded, fetch_main
+
     monkeypatch.setitem(sys.modules, "gdown", None)  # make `import gdown` fail: no network attempt
     for name in ("imagenet", "cc3m", "celeba"):
-        with pytest.raises(SystemExit) as info:
+        with pytest.raises(ManualStepNeeded):
             load_script(name).main(["--root", str(tmp_path)])
-        assert info.value.code == 3
+        assert fetch_main(name, ["--root", str(tmp_path)]) == 3
     assert capsys.readouterr().err.count("MANUAL STEP NEEDED") == 3
 
 
@@ -584,7 +582,7 @@ def _image_zip(path: Path, counts: dict[str, int]) -> bytes:
 
 
 def test_an_archive_without_checksum_is_checked_by_what_it_holds(server, tmp_path):
-    from _common import fetch_and_extract, image_counts, verify_structure
+    from obstructlib.data.fetchers._common import fetch_and_extract, image_counts, verify_structure
 
     good = _image_zip(tmp_path / "val2014.zip", {"val2014": 3})
     assert image_counts(tmp_path / "val2014.zip", ["val2014", "*"]) == {"val2014": 3, "*": 3}
@@ -609,3 +607,111 @@ def test_unchecked_downloads_are_https_and_name_their_expected_contents():
     assert coco.BASE.startswith("https://") and coco.IMAGES == {"train2014": 82_783, "val2014": 40_504}
     assert all(u.startswith("https://") for u in mnist_m.BSDS_URLS)
     assert sum(mnist_m.BSDS_IMAGES.values()) == 500 and flickr8k.MIRROR_IMAGES == {"*": 8091}
+
+
+# ------------------------------------------------ in the package: ob.data.fetch, the command, first use
+
+
+def usps_on_server(monkeypatch) -> dict[str, bytes]:
+    """Tiny USPS libsvm files (the real format) served by the test server; the fetcher's MD5s set to theirs."""
+    usps = load_script("usps")
+    files = {}
+    for name, n in (("usps.bz2", 20), ("usps.t.bz2", 10)):
+        rng = np.random.default_rng(len(name))
+        images, labels = rng.integers(0, 256, (n, 16, 16), dtype=np.uint8), np.arange(n) % 10
+        lines = "".join(
+            f"{int(y) + 1} " + " ".join(f"{i + 1}:{v / 255 * 2 - 1:.6f}" for i, v in enumerate(x.ravel())) + "\n"
+            for x, y in zip(images, labels)
+        )
+        files[name] = bz2.compress(lines.encode())
+    RangeHandler.files.update(files)
+    monkeypatch.setattr(usps, "FILES", {k: md5_of(v) for k, v in files.items()})
+    monkeypatch.setattr(usps, "BASE", "http://127.0.0.1:9/unreachable/")  # only the mirror can serve
+    return files
+
+
+def test_fetch_api_through_mirror(server, tmp_path, monkeypatch):
+    import obstructlib as ob
+
+    files = usps_on_server(monkeypatch)
+    monkeypatch.setenv("OBSTRUCT_MIRROR", server)
+    assert ob.data.fetch("usps", tmp_path, progress=False) == tmp_path
+    assert (tmp_path / "usps" / "usps.t.bz2").read_bytes() == files["usps.t.bz2"]
+    served = len(RangeHandler.log)
+    assert ob.data.fetch("usps", tmp_path, progress=False) == tmp_path and len(RangeHandler.log) == served
+    test = ob.load_dataset("usps", tmp_path, "test", download=False)
+    assert len(test) == 10 and test[3][1] == 3
+
+
+def test_fetch_api_bad_input(tmp_path):
+    import obstructlib as ob
+    from obstructlib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no fetcher for 'nope'"):
+        ob.data.fetch("nope", tmp_path)
+    with pytest.raises(ConfigError, match="bad options"):
+        ob.data.fetch("usps", tmp_path, no_such_flag=1)
+
+
+def test_loader_fetches_on_first_use_unless_forbidden(server, tmp_path, monkeypatch):
+    from obstructlib.data import load_dataset
+    from obstructlib.errors import DatasetNotFoundError
+
+    usps_on_server(monkeypatch)
+    monkeypatch.setenv("OBSTRUCT_MIRROR", server)
+    monkeypatch.setenv("OBSTRUCT_DOWNLOAD", "0")
+    with pytest.raises(DatasetNotFoundError, match="obstruct data fetch usps"):
+        load_dataset("usps", tmp_path, "train")
+    assert RangeHandler.log == []  # forbidden: not one request
+    monkeypatch.setenv("OBSTRUCT_DOWNLOAD", "1")
+    assert len(load_dataset("usps", tmp_path, "train", progress=False)) == 20
+    assert len(RangeHandler.log) == 2
+
+
+def test_loader_download_failure_names_the_command(tmp_path, monkeypatch):
+    from obstructlib.data import load_dataset
+    from obstructlib.errors import DatasetNotFoundError
+
+    monkeypatch.setattr(load_script("usps"), "BASE", "http://127.0.0.1:9/unreachable/")
+    monkeypatch.delenv("OBSTRUCT_MIRROR", raising=False)
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_dataset("usps", tmp_path, "train", download=True, progress=False)
+    message = str(info.value)
+    assert "\n" not in message and "could not download 'usps'" in message
+    assert f"obstruct data fetch usps --root {tmp_path}" in message
+
+
+def test_data_command_exit_codes(server, tmp_path, monkeypatch, capsys):
+    from obstructlib.cli import main
+
+    usps_on_server(monkeypatch)
+    monkeypatch.setenv("OBSTRUCT_MIRROR", server)
+    assert main(["data", "fetch", "usps", "--root", str(tmp_path), "--no-progress"]) == 0
+    assert (tmp_path / "usps" / "usps.bz2").exists()
+    assert main(["data", "list"]) == 0 and "usps" in capsys.readouterr().out
+    assert main(["data", "fetch", "nope"]) == 2
+    assert main(["data", "fetch"]) == 2
+    monkeypatch.setitem(sys.modules, "gdown", None)
+    assert main(["data", "fetch", "celeba", "--root", str(tmp_path)]) == 3
+    err = capsys.readouterr().err
+    assert "no fetcher for 'nope'" in err and "MANUAL STEP NEEDED" in err
+    monkeypatch.setattr(load_script("usps"), "BASE", "http://127.0.0.1:9/unreachable/")
+    monkeypatch.delenv("OBSTRUCT_MIRROR")
+    assert main(["data", "fetch", "usps", "--root", str(tmp_path / "other"), "--no-progress"]) == 1
+    assert capsys.readouterr().err.startswith("error: could not download usps.bz2")
+
+
+def test_one_data_root_rule(tmp_path, monkeypatch):
+    from obstructlib.data import default_data_root
+    from obstructlib.data.fetchers import _common
+
+    monkeypatch.setenv("OBSTRUCT_DATA", str(tmp_path / "d"))
+    assert default_data_root() == tmp_path / "d"
+    assert _common.make_parser("x", "").parse_args([]).root == str(tmp_path / "d")
+    monkeypatch.delenv("OBSTRUCT_DATA")
+    repo = Path(__file__).resolve().parents[1]  # this checkout: <repo>/data wherever we are
+    monkeypatch.chdir(tmp_path)
+    assert default_data_root() == repo / "data"
+    # an installed wheel (no pyproject.toml beside the package): ./data of the working directory
+    monkeypatch.setattr(_common, "__file__", str(tmp_path / "site-packages/obstructlib/data/fetchers/_common.py"))
+    assert default_data_root() == Path("data")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import urllib.error
-
 import numpy as np
 import pytest
 import torch
@@ -96,7 +94,7 @@ def test_idx_corrupt_magic_is_one_line(tmp_path):
     with pytest.raises(ObstructError) as err:
         vision.load_mnist(tmp_path, "test")
     msg = _one_line(err)
-    assert str(path) in msg and "magic" in msg and f"python data_scripts/mnist.py --root {tmp_path}" in msg
+    assert str(path) in msg and "magic" in msg and f"obstruct data fetch mnist --root {tmp_path}" in msg
     data[2] = 0x08
     path.write_bytes(bytes(data[:-5]))  # a valid header over a truncated body
     with pytest.raises(ObstructError, match="bytes after its header"):
@@ -208,21 +206,21 @@ def test_missing_dataset_names_root_and_fetch(tmp_path, name):
         load_dataset(name, root=tmp_path / "empty", split="test")
     msg = _one_line(err)
     assert (
-        str(tmp_path / "empty") in msg and f"python data_scripts/{name}.py --root {tmp_path / 'empty'}" in msg
+        str(tmp_path / "empty") in msg and f"obstruct data fetch {name} --root {tmp_path / 'empty'}" in msg
     )
 
 
 def test_download_failure_is_one_line(tmp_path, monkeypatch):
-    import torchvision.datasets
+    import urllib.request
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network\nat all")
 
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(DatasetNotFoundError) as err:
         vision.load_cifar10(tmp_path, "train", download=True)
     msg = _one_line(err)
-    assert "could not download" in msg and "python data_scripts/cifar10.py --root" in msg
+    assert "could not download" in msg and "no network at all" in msg and "obstruct data fetch cifar10 --root" in msg
 
 
 # ------------------------------------------------------------------------------------------------ folder:

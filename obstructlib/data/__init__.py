@@ -3,6 +3,10 @@
 Every dataset yields float images in [0, 1], shape ``(C, H, W)``: classification items are
 ``(image, label)``, caption items ``(image, caption, image_id)`` (one per image-caption pair).
 
+Real datasets are fetched with :func:`fetch` (``obstruct data fetch NAME``), and the small
+classification sets by their loaders on first use; all live under one root,
+:func:`default_data_root`.
+
 Example:
     >>> from obstructlib.data import load_dataset
     >>> train = load_dataset("synthetic-captions", split="train", num_train=50)
@@ -25,6 +29,7 @@ from obstructlib.data.base import (
 from obstructlib.data.captions import CaptionDataset, default_templates, templated_captions
 from obstructlib.data.domains import STYLES, RestyledDataset, load_domain, restyle, split_style
 from obstructlib.data.embedded import COLORS, DOMAINS, SHAPES, SUPERCLASSES, SyntheticShapes, generate_shapes
+from obstructlib.data.fetchers import fetch
 from obstructlib.data.labels import (
     RelabelledDataset,
     hacker_protocol,
@@ -69,6 +74,7 @@ __all__ = [
     "dataset_info",
     "dataset_kind",
     "default_data_root",
+    "fetch",
     "fetch_many",
     "default_templates",
     "episode_labels",

@@ -14,7 +14,6 @@ Images leave every dataset as float tensors in [0, 1], shape ``(C, H, W)``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,8 +47,14 @@ class SizedDataset(Protocol[T_co]):
 
 
 def default_data_root() -> Path:
-    """``$OBSTRUCT_DATA`` if set, else ``./data``."""
-    return Path(os.environ.get("OBSTRUCT_DATA", "data"))
+    """``$OBSTRUCT_DATA``, else ``<repo>/data`` in a source checkout, else ``./data``: one rule for all.
+
+    The notebooks, the CLI, the runners and ``obstruct data fetch`` use it alike
+    (:func:`obstructlib.data.fetchers._common.default_root`).
+    """
+    from obstructlib.data.fetchers._common import default_root
+
+    return default_root()
 
 
 def fetch_many(dataset: Any, indices: Sequence[int]) -> list:

@@ -1,6 +1,6 @@
 """On-disk image-caption sets, read into :class:`~obstructlib.data.captions.CaptionDataset`.
 
-Registered names (layouts under ``root``; ``python data_scripts/NAME.py --root ROOT`` fetches them):
+Registered names (layouts under ``root``; ``obstruct data fetch NAME --root ROOT`` fetches them):
 
 - ``flickr8k`` / ``flickr30k``: ``ROOT/flickr8k/{images/*.jpg, dataset_flickr8k.json}`` (Karpathy split).
 - ``coco_captions``: ``ROOT/coco/{dataset_coco.json, train2014/, val2014/}`` (Karpathy split), else the
@@ -121,7 +121,7 @@ def load_caption_csv(
 
 
 def _fetch(name: str, root: Path | str) -> str:
-    return f"python data_scripts/{name}.py --root {root}"
+    return f"obstruct data fetch {name} --root {root}"
 
 
 def _register(name: str, description: str, subdir: str = "") -> Callable:
@@ -149,7 +149,7 @@ def _flickr(name: str, root: Path, split: str, **kw: Any) -> CaptionDataset:
     js = base / f"dataset_{name}.json"
     if not js.is_file():
         raise missing(name, js, _fetch(name, root))
-    # images/ is the layout data_scripts writes; the other names are how the archives unpack.
+    # images/ is the layout the fetchers write; the other names are how the archives unpack.
     alternatives = ["images", "Flicker8k_Dataset", "Flickr8k_Dataset", "flickr30k-images", "Images"]
     img_dir = next((base / d for d in alternatives if (base / d).is_dir()), base / "images")
     return _karpathy(name, js, lambda e: img_dir, split, _fetch(name, root), **kw)

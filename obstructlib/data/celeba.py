@@ -116,7 +116,7 @@ def _missing(path: Path, root: Path) -> DatasetNotFoundError:
     base = root / "celeba"
     return DatasetNotFoundError(
         f"celeba: {path} not found: put {', '.join(_FILES)} under {base} (download=False, the default, "
-        f"reads only these files; fetch them with `python data_scripts/celeba.py --root {root}`, or on Colab "
+        f"reads only these files; fetch them with `obstruct data fetch celeba --root {root}`, or on Colab "
         f"pass download=True to run torchvision.datasets.CelebA({str(root)!r}, download=True), which "
         "Google Drive's daily quota may refuse)"
     )
@@ -131,7 +131,7 @@ def _download(root: Path) -> None:
         raise DatasetNotFoundError(
             f"celeba: torchvision's download into {root / 'celeba'} failed ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else 'no message'}): download the files by hand "
-            f"and run `python data_scripts/celeba.py --root {root} --archives DIR`"
+            f"and run `obstruct data fetch celeba --root {root} --archives DIR`"
         ) from None
 
 

@@ -35,7 +35,7 @@ from obstructlib.data.images import (  # noqa: F401  (IMG_EXTENSIONS, read_image
 )
 from obstructlib.errors import ConfigError, DatasetNotFoundError
 
-FETCH = "python data_scripts/{name}.py --root {root}"
+FETCH = "obstruct data fetch {name} --root {root}"
 
 
 class LoadOptions(TypedDict, total=False):
@@ -47,7 +47,8 @@ class LoadOptions(TypedDict, total=False):
         transform: callable on each float ``(C, H, W)`` item (augmentation).
         max_samples: size of a seeded class-stratified subset (what the ``quick`` profile uses); None keeps all.
         seed: seed of that subset (default 0).
-        download: fetch missing files with torchvision where it can (default False).
+        download: fetch missing files (``obstruct data fetch NAME``); None (default): only the
+            sets of :data:`~obstructlib.data.fetchers.AUTOMATIC`, unless ``$OBSTRUCT_DOWNLOAD=0``.
         progress: accepted so every loader takes it (loading one array shows no bar).
     """
 
@@ -56,7 +57,7 @@ class LoadOptions(TypedDict, total=False):
     transform: Transform | None
     max_samples: int | None
     seed: int
-    download: bool
+    download: bool | None
     progress: bool
 
 

@@ -13,9 +13,10 @@
 Each loader returns an :class:`ArrayImageDataset` (uint8 NHWC in memory; grey stays 1 channel
 unless ``channels=3``) and takes the :class:`~obstructlib.data.folders.LoadOptions`: ``image_size``,
 ``channels``, ``transform``, ``max_samples`` and ``seed`` (seeded class-stratified subset, what the
-``quick`` profile uses), ``download`` (torchvision fetches the files where it can) and ``progress``.
-A missing dataset raises :class:`DatasetNotFoundError` naming the path and
-``python data_scripts/NAME.py --root ROOT``.
+``quick`` profile uses), ``download`` and ``progress``. A missing dataset of
+:data:`~obstructlib.data.fetchers.AUTOMATIC` is fetched on first use (``obstruct data fetch NAME``'s
+checked, resumable download; ``download=False`` or ``$OBSTRUCT_DOWNLOAD=0`` forbids it); otherwise
+it raises :class:`DatasetNotFoundError` naming the path and ``obstruct data fetch NAME --root ROOT``.
 
 A loader only says where its files are and how to read them (a small ``_read_*`` function that
 returns :class:`_Arrays`); :func:`_load` does the rest for all of them.
@@ -24,16 +25,13 @@ returns :class:`_Arrays`); :func:`_load` does the rest for all of them.
 from __future__ import annotations
 
 import bz2
-import contextlib
 import gzip
-import io
 import pickle
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -91,8 +89,6 @@ class _BadFile(Exception):
 # A reader turns the located files (in the order they were asked for) into arrays; ``fix`` is the
 # remedy to append to its own error lines ("delete it and fetch again with: ...").
 Reader = Callable[[list[Path], str], _Arrays]
-# A fetcher downloads the files with torchvision.datasets, passed in so torchvision loads only then.
-Fetcher = Callable[[ModuleType], Any]
 
 
 def _check_split(name: str, split: str, allowed: tuple[str, ...] = ("train", "test")) -> None:
@@ -104,31 +100,35 @@ def _first(*candidates: Path) -> Path | None:
     return next((p for p in candidates if p.is_file()), None)
 
 
-def _download(name: str, root: Path, fetch: Fetcher) -> None:
-    import torchvision.datasets as tvd
+def _download(name: str, root: Path, progress: bool) -> None:
+    from obstructlib.data.fetchers import fetch
 
-    try:  # torchvision prints its progress; keep library output clean
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            fetch(tvd)
-    except Exception as e:  # noqa: BLE001  (network errors arrive as URLError, OSError, RuntimeError...)
-        reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+    try:
+        fetch(name, root, progress=progress)
+    except ObstructError as e:  # FetchError, ManualStepNeeded: one line says why
+        reason = " ".join(str(e).split())[:300]
         raise DatasetNotFoundError(
             f"could not download {name!r} to {root} ({reason}): fetch it with: {fetch_hint(name, root)}"
         ) from None
 
 
 def _locate(
-    name: str, root: Path, files: Sequence[Path | tuple[Path, ...]], download: bool, fetch: Fetcher | None
+    name: str, root: Path, files: Sequence[Path | tuple[Path, ...]], download: bool | None, progress: bool = True
 ) -> list[Path]:
-    """The first existing candidate of each required file (after a torchvision download if asked).
+    """The first existing candidate of each required file (after a download if allowed).
 
     Each entry of ``files`` is a path or a tuple of candidate paths; the first candidate is where
-    torchvision puts the file and what the one-line not-found error names.
+    the fetcher puts the file and what the one-line not-found error names. ``download`` None
+    fetches the sets of :data:`~obstructlib.data.fetchers.AUTOMATIC` unless ``$OBSTRUCT_DOWNLOAD=0``.
     """
+    from obstructlib.data.fetchers import AUTOMATIC, FETCHERS, downloads_allowed
+
     candidates = [f if isinstance(f, tuple) else (f,) for f in files]
     found = [_first(*c) for c in candidates]
-    if None in found and download and fetch is not None:
-        _download(name, root, fetch)
+    if download is None:
+        download = name in AUTOMATIC and downloads_allowed()
+    if None in found and download and name in FETCHERS:
+        _download(name, root, progress)
         found = [_first(*c) for c in candidates]
     absent = [c[0] for c, p in zip(candidates, found) if p is None]
     if absent:
@@ -143,7 +143,6 @@ def _load(
     split: str,
     files: Sequence[Path | tuple[Path, ...]],
     read: Reader,
-    fetch: Fetcher | None = None,
     splits: tuple[str, ...] = ("train", "test"),
     *,
     image_size: int | None = None,
@@ -151,13 +150,13 @@ def _load(
     transform: Transform | None = None,
     max_samples: int | None = None,
     seed: int = 0,
-    download: bool = False,
-    progress: bool = True,  # loading shows no bar; accepted so every loader takes it
+    download: bool | None = None,
+    progress: bool = True,  # the progress of a download on first use; loading shows no bar
 ) -> ArrayImageDataset:
     """Check the split, find (or download) ``files``, read them and build the (subset) dataset."""
     root = Path(root)
     _check_split(name, split, splits)
-    paths = _locate(name, root, files, download, fetch)
+    paths = _locate(name, root, files, download, progress)
     fix = f"delete it and fetch again with: {fetch_hint(name, root)}"
     try:
         arrays = read(paths, fix)
@@ -261,7 +260,7 @@ def load_cifar10(root: Path, split: str = "train", **options: Unpack[LoadOptions
     Args:
         root: the data root; split: ``"train"`` or ``"test"``.
         **options: :class:`~obstructlib.data.folders.LoadOptions` (``image_size`` None keeps 32,
-            ``channels`` None keeps 3, ``max_samples``/``seed`` subset, ``download`` with torchvision).
+            ``channels`` None keeps 3, ``max_samples``/``seed`` subset, ``download`` on first use).
 
     Shape:
         Items are ``(image float (3, 32, 32) in [0, 1], label int in 0..9)``.
@@ -271,8 +270,7 @@ def load_cifar10(root: Path, split: str = "train", **options: Unpack[LoadOptions
     """
     base = Path(root) / "cifar-10-batches-py"
     batches = [base / f"data_batch_{i}" for i in range(1, 6)] if split == "train" else [base / "test_batch"]
-    fetch = lambda tvd: tvd.CIFAR10(str(root), train=split == "train", download=True)
-    return _load("cifar10", root, split, [*batches, base / "batches.meta"], _read_cifar10, fetch, **options)
+    return _load("cifar10", root, split, [*batches, base / "batches.meta"], _read_cifar10, **options)
 
 
 @_register(
@@ -300,8 +298,7 @@ def load_cifar100(
         raise ConfigError(f"cifar100: label_type={label_type!r} must be 'fine' or 'coarse'")
     base = Path(root) / "cifar-100-python"
     read = partial(_read_cifar100, label_type=label_type)
-    fetch = lambda tvd: tvd.CIFAR100(str(root), train=split == "train", download=True)
-    return _load("cifar100", root, split, [base / split, base / "meta"], read, fetch, **options)
+    return _load("cifar100", root, split, [base / split, base / "meta"], read, **options)
 
 
 # ---------------------------------------------------------------------------------------------- MNIST
@@ -354,8 +351,7 @@ def load_mnist(root: Path, split: str = "train", **options: Unpack[LoadOptions])
     Args: as :func:`load_cifar10`. A file with a wrong IDX magic number raises one clear line.
     """
     files = _idx_files(root, "MNIST", split)
-    fetch = lambda tvd: tvd.MNIST(str(root), train=split == "train", download=True)
-    return _load("mnist", root, split, files, partial(_read_idx_pair, classes=DIGITS), fetch, **options)
+    return _load("mnist", root, split, files, partial(_read_idx_pair, classes=DIGITS), **options)
 
 
 @_register("fashion_mnist", "FashionMNIST", "Fashion-MNIST: 60k/10k 28x28 grey clothing images, 10 classes")
@@ -363,8 +359,7 @@ def load_fashion_mnist(root: Path, split: str = "train", **options: Unpack[LoadO
     """Fashion-MNIST from ``ROOT/FashionMNIST/raw/`` (same files as MNIST). Args: as :func:`load_mnist`."""
     files = _idx_files(root, "FashionMNIST", split)
     read = partial(_read_idx_pair, classes=FASHION_CLASSES)
-    fetch = lambda tvd: tvd.FashionMNIST(str(root), train=split == "train", download=True)
-    return _load("fashion_mnist", root, split, files, read, fetch, **options)
+    return _load("fashion_mnist", root, split, files, read, **options)
 
 
 # -------------------------------------------------------------------------------------- USPS, SVHN, STL
@@ -420,8 +415,7 @@ def load_usps(root: Path, split: str = "train", **options: Unpack[LoadOptions]) 
     """
     root = Path(root)
     fname = "usps.bz2" if split == "train" else "usps.t.bz2"
-    fetch = lambda tvd: tvd.USPS(str(root / "usps"), train=split == "train", download=True)
-    return _load("usps", root, split, [(root / "usps" / fname, root / fname)], _read_usps, fetch, **options)
+    return _load("usps", root, split, [(root / "usps" / fname, root / fname)], _read_usps, **options)
 
 
 @_register("svhn", "svhn", "SVHN: 73,257/26,032 32x32 RGB house-number digits")
@@ -434,8 +428,7 @@ def load_svhn(root: Path, split: str = "train", **options: Unpack[LoadOptions]) 
     root = Path(root)
     fname = f"{split}_32x32.mat"
     files = [(root / "svhn" / fname, root / fname)]
-    fetch = lambda tvd: tvd.SVHN(str(root / "svhn"), split=split, download=True)
-    return _load("svhn", root, split, files, _read_svhn, fetch, ("train", "test", "extra"), **options)
+    return _load("svhn", root, split, files, _read_svhn, ("train", "test", "extra"), **options)
 
 
 @_register("stl10", "stl10_binary", "STL-10: 5k/8k labelled 96x96 RGB images, 10 classes")
@@ -447,15 +440,15 @@ def load_stl10(root: Path, split: str = "train", **options: Unpack[LoadOptions])
     """
     base = Path(root) / "stl10_binary"
     files = [base / f"{split}_X.bin", base / f"{split}_y.bin", base / "class_names.txt"]
-    fetch = lambda tvd: tvd.STL10(str(root), split=split, download=True)
-    return _load("stl10", root, split, files, _read_stl10, fetch, **options)
+    return _load("stl10", root, split, files, _read_stl10, **options)
 
 
 @_register("mnist_m", "mnist_m", "MNIST-M: MNIST digits blended with BSDS500 photo crops, 28x28 RGB")
 def load_mnist_m(root: Path, split: str = "train", **options: Unpack[LoadOptions]) -> ArrayImageDataset:
-    """MNIST-M from ``ROOT/mnist_m/mnist_m.npz`` (uint8 NHWC 28x28x3), built by ``data_scripts/mnist_m.py``.
+    """MNIST-M from ``ROOT/mnist_m/mnist_m.npz`` (uint8 NHWC 28x28x3), built by ``obstruct data fetch mnist_m``.
 
-    ``download`` is accepted but unsupported (torchvision has no MNIST-M): the error names the script.
+    ``download=True`` builds it (it needs MNIST in ``ROOT`` and downloads BSDS500); it is not in
+    :data:`~obstructlib.data.fetchers.AUTOMATIC`, so by default the error names the command.
     """
 
     def read(paths: list[Path], fix: str) -> _Arrays:

@@ -11,11 +11,13 @@ import gzip
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from _common import FetchError, already_present, download, make_parser, say
 
-_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+from ._common import FetchError, already_present, download, make_parser, say
+
+_DTYPES: dict[int, Any] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 # The canonical file names, in the order x_train, y_train, x_test, y_test.
 NAMES = (
     "train-images-idx3-ubyte",
@@ -72,8 +74,8 @@ def load_mnist_arrays(source: str | Path) -> dict[str, np.ndarray]:
                 )
             return {k: np.asarray(npz[k]) for k in ("x_train", "y_train", "x_test", "y_test")}
     for folder in (source, source / "raw", source / "MNIST" / "raw"):
-        paths = [find_idx(folder, n) for n in NAMES]
-        if all(paths):
+        paths = [p for n in NAMES if (p := find_idx(folder, n)) is not None]
+        if len(paths) == len(NAMES):
             x_tr, y_tr, x_te, y_te = (read_idx(p) for p in paths)
             return {
                 "x_train": x_tr,

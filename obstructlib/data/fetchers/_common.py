@@ -1,17 +1,18 @@
-"""Shared helpers for the dataset scripts: resumable downloads, safe extraction, manual steps.
+"""Shared helpers of the fetchers: resumable downloads, safe extraction, manual steps.
 
-Standard library only (numpy and PIL are imported by the scripts that need them), so every script
-runs with a bare Python and never imports ``obstructlib``. A script is used as
-``python data_scripts/NAME.py --root ROOT``; the layouts it writes are the ones the loaders in
-``obstructlib.data`` read.
+Standard library only (numpy and PIL are imported by the fetchers that need them; torch never).
+A fetcher is used as ``obstruct data fetch NAME --root ROOT`` or ``ob.data.fetch(NAME, ROOT)``;
+the layouts it writes are the ones the loaders in ``obstructlib.data`` read.
 
 Conventions:
-    - Network and archive problems raise :class:`FetchError` with one line; :func:`run_script`
-      prints it as ``error: ...`` and exits 1 (never a traceback).
-    - Steps a script cannot do itself (a licence to accept, a Google-Drive quota) go through
-      :func:`manual_step`, which prints what to do and exits 3.
+    - Network and archive problems raise :class:`FetchError` with one line; the command prints it
+      as ``error: ...`` and exits 1 (never a traceback).
+    - Steps a fetcher cannot do itself (a licence to accept, a Google-Drive quota) raise
+      :class:`ManualStepNeeded` through :func:`manual_step`: the command prints what to do and exits 3.
     - Every step is idempotent: finished downloads are kept, finished extractions leave a marker,
-      and a script whose output is complete prints "already present" and exits 0.
+      and a fetcher whose output is complete prints "already present" and returns 0.
+    - ``$OBSTRUCT_MIRROR`` (a base URL, e.g. a lab's cache server or a test's local server) is tried
+      before the original hosts for every file: ``MIRROR/<file name>``.
 """
 
 from __future__ import annotations
@@ -29,17 +30,42 @@ import urllib.request
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import NoReturn
+
+from obstructlib.errors import ObstructError
 
 CHUNK = 1 << 20  # bytes per read: large enough to keep Python overhead negligible
-USER_AGENT = "obstructlib-data-scripts/1.0 (+https://github.com)"
+USER_AGENT = "obstructlib-fetch/1.0 (+https://github.com/obstructlib/obstructlib)"
 EXIT_MANUAL = 3
+MIRROR_ENV = "OBSTRUCT_MIRROR"
 
 
-class FetchError(RuntimeError):
+class FetchError(ObstructError, RuntimeError):
     """A download or archive problem; the message is one line that says what to do."""
 
 
+class ManualStepNeeded(FetchError):
+    """A step the fetcher cannot do itself; the message (several lines) says what to do by hand."""
+
+
 # --------------------------------------------------------------------------- small helpers
+
+
+def default_root() -> Path:
+    """The one data root rule: ``$OBSTRUCT_DATA``, else ``<repo>/data`` in a source checkout, else ``./data``.
+
+    A source checkout (``pip install -e .``, ``make lab``, ``make test``) is recognised by the
+    ``pyproject.toml`` beside the package, so notebooks (run from ``notebooks/``), the CLI and the
+    fetchers all find the same folder wherever they are started; an installed wheel (Colab) uses
+    ``./data`` of the working directory (``/content/data`` on Colab).
+    """
+    env = os.environ.get("OBSTRUCT_DATA", "").strip()
+    if env:
+        return Path(env).expanduser()
+    repo = Path(__file__).resolve().parents[3]
+    if (repo / "pyproject.toml").is_file() and (repo / "obstructlib" / "__init__.py").is_file():
+        return repo / "data"
+    return Path("data")
 
 
 def say(message: str) -> None:
@@ -84,14 +110,29 @@ def already_present(name: str, paths: Iterable[str | Path], where: str | Path) -
     return False
 
 
-def manual_step(message: str) -> None:
-    """Print what the user must do by hand, then exit with status 3.
+def manual_step(message: str) -> NoReturn:
+    """Stop with what the user must do by hand (:class:`ManualStepNeeded`; the command exits 3).
 
     Args:
         message: the instructions; may span several lines (it is the one place that does).
     """
-    print(f"MANUAL STEP NEEDED\n{message.strip()}", file=sys.stderr, flush=True)
-    raise SystemExit(EXIT_MANUAL)
+    raise ManualStepNeeded(message.strip())
+
+
+def mirrored(urls: Sequence[str]) -> list[str]:
+    """``urls`` with ``$OBSTRUCT_MIRROR/<file name>`` of the first one in front when the variable is set.
+
+    Example:
+        >>> import os; os.environ["OBSTRUCT_MIRROR"] = "http://127.0.0.1:8000/"
+        >>> mirrored(["https://host/a/cifar.tar.gz"])
+        ['http://127.0.0.1:8000/cifar.tar.gz', 'https://host/a/cifar.tar.gz']
+        >>> del os.environ["OBSTRUCT_MIRROR"]
+    """
+    base = os.environ.get(MIRROR_ENV, "").strip()
+    if not base or not urls:
+        return list(urls)
+    name = urls[0].rsplit("/", 1)[-1].split("?", 1)[0]
+    return [f"{base.rstrip('/')}/{name}", *urls]
 
 
 # --------------------------------------------------------------------------- download
@@ -198,7 +239,7 @@ def download(
         >>> download("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
         ...          "data/cifar-10-python.tar.gz", md5="c58f30108f718f92721af3b95e74349a")  # doctest: +SKIP
     """
-    urls = [url] if isinstance(url, str) else list(url)
+    urls = mirrored([url] if isinstance(url, str) else list(url))
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.exists():
@@ -298,6 +339,14 @@ def extract(archive: str | Path, dest: str | Path, progress: bool = True) -> Pat
         raise FetchError(f"{archive} is neither a tar nor a zip archive: delete it and re-run")
     marker.touch()
     return dest
+
+
+def member_bytes(tf: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    """The bytes of a regular file member of an open tar archive."""
+    handle = tf.extractfile(member)
+    if handle is None:
+        raise FetchError(f"{member.name} in {tf.name!r} is not a regular file: the archive is not the published one")
+    return handle.read()
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -406,12 +455,14 @@ def fetch_md5_archive_main(
 def make_parser(name: str, description: str) -> argparse.ArgumentParser:
     """The parser every script starts from: ``--root`` and ``--no-progress``."""
     parser = argparse.ArgumentParser(
-        prog=f"python data_scripts/{name}.py",
+        prog=f"obstruct data fetch {name}",
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--root", default="data", help="data root (the --data-root of obstructlib); default: data"
+        "--root", default=str(default_root()),
+        help="data root (the --data-root of the runners); default: $OBSTRUCT_DATA, else <repo>/data "
+        "in a source checkout, else ./data (here: %(default)s)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress display")
     return parser
@@ -424,6 +475,9 @@ def run_script(main: Callable[[Sequence[str] | None], int]) -> None:
     """
     try:
         code = main(None)
+    except ManualStepNeeded as exc:
+        print(f"MANUAL STEP NEEDED\n{exc}", file=sys.stderr, flush=True)
+        code = EXIT_MANUAL
     except FetchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = 1

@@ -11,9 +11,10 @@ import json
 import shutil
 import tarfile
 import zipfile
+from functools import partial
 from pathlib import Path
 
-from _common import FetchError, download, manual_step, say
+from ._common import FetchError, download, manual_step, member_bytes, say
 
 # No checksum is published for this zip; get_karpathy_json checks what it holds instead (the
 # dataset_<name>.json member) and karpathy_filenames its structure (an "images" list).
@@ -120,7 +121,7 @@ def copy_images_flat(
         with tarfile.open(source, "r|*") as tf:
             for member in tf:
                 if member.isfile() and (base := keep(member.name)):
-                    write(base, tf.extractfile(member).read)
+                    write(base, partial(member_bytes, tf, member))
     else:
         raise FetchError(f"{source} is not a folder, zip or tar of images")
     return count
