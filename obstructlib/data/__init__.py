@@ -29,7 +29,7 @@ from obstructlib.data.base import (
 from obstructlib.data.captions import CaptionDataset, default_templates, templated_captions
 from obstructlib.data.domains import STYLES, RestyledDataset, load_domain, restyle, split_style
 from obstructlib.data.embedded import COLORS, DOMAINS, SHAPES, SUPERCLASSES, SyntheticShapes, generate_shapes
-from obstructlib.data.fetchers import fetch
+from obstructlib.data.fetchers import ensure_dataset, fetch
 from obstructlib.data.labels import (
     RelabelledDataset,
     hacker_protocol,
@@ -74,6 +74,7 @@ __all__ = [
     "dataset_info",
     "dataset_kind",
     "default_data_root",
+    "ensure_dataset",
     "fetch",
     "fetch_many",
     "default_templates",

@@ -60,6 +60,47 @@ def explicit_keys(overrides: Sequence[str] | None, flags: dict[str, str] | None 
     return keys | set(flags or {})
 
 
+SET_ENV = "OBSTRUCT_SET"
+
+
+def env_overrides(name: str) -> list[str]:
+    """The ``--set`` overrides ``$OBSTRUCT_SET`` gives runner ``name``: one environment override for every run.
+
+    ``OBSTRUCT_SET`` holds a JSON object from runner name to a list of ``key=value`` strings, e.g.
+    ``{"clip": ["train.steps=5", "arch=tiny-vit", "pretrained=/ckpt/tiny.safetensors"]}``. They apply
+    to every config of that runner, in notebooks (``config_for``), ``ob.run`` and the CLI, before the
+    call's own overrides (which win). It shrinks a ``colab`` run into a smoke test on a CPU (the
+    tests' colab path) or fixes a site-wide setting; ``results.json`` records the resolved config.
+
+    Example:
+        >>> import os; os.environ["OBSTRUCT_SET"] = '{"clip": ["train.steps=5"]}'
+        >>> env_overrides("clip"), env_overrides("uc")
+        (['train.steps=5'], [])
+        >>> del os.environ["OBSTRUCT_SET"]
+    """
+    import json
+    import os
+
+    from obstructlib.errors import ConfigError
+
+    text = os.environ.get(SET_ENV, "").strip()
+    if not text:
+        return []
+    try:
+        table = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"${SET_ENV} is not JSON ({err.msg} at character {err.pos}): "
+                          'give an object such as {"clip": ["train.steps=5"]}, or unset it') from None
+    if not isinstance(table, dict) or not all(
+            isinstance(v, list) and all(isinstance(x, str) for x in v) for v in table.values()):
+        raise ConfigError(f'${SET_ENV} must map runner names to lists of "key=value" strings, '
+                          'e.g. {"clip": ["train.steps=5"]}')
+    unknown = sorted(set(table) - set(load_runners()))
+    if unknown:
+        raise ConfigError(f"${SET_ENV} names unknown runners {unknown}: use {', '.join(sorted(load_runners()))}")
+    return list(table.get(name, []))
+
+
 RUNNERS: dict[str, Runner] = {}
 
 
@@ -89,7 +130,8 @@ def config_for(name: str, profile: str | Profile | None = None, overrides: Seque
     Args:
         name: the runner (``clip``, ``uc``, ``mem``, ``ntp``).
         profile: a profile or its name (default: ``$OBSTRUCT_PROFILE``, else by device).
-        overrides: ``key=value`` strings, as ``--set`` takes them.
+        overrides: ``key=value`` strings, as ``--set`` takes them (after those of ``$OBSTRUCT_SET``,
+            :func:`env_overrides`).
 
     Example:
         >>> config_for("uc", "quick", ["eps=8/255"]).eps
@@ -104,6 +146,7 @@ def config_for(name: str, profile: str | Profile | None = None, overrides: Seque
         raise ConfigError(f"unknown runner {name!r}: use one of {', '.join(sorted(runners))}")
     prof = profile if isinstance(profile, Profile) else resolve_profile(profile)
     runner = runners[name]
+    overrides = [*env_overrides(name), *overrides]
     cfg = apply_overrides(runner.config_for(prof), overrides)
     return cfg if runner.adapt is None else runner.adapt(cfg, prof, explicit_keys(overrides))
 

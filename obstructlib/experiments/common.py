@@ -245,6 +245,9 @@ def execute(name: str, *, profile: str | None, overrides: Sequence[str], seed: i
     if name not in runners:
         raise ConfigError(f"unknown runner {name!r}: use one of {', '.join(sorted(runners))}")
     runner = runners[name]
+    from obstructlib.experiments import env_overrides
+
+    overrides = [*env_overrides(name), *overrides]  # $OBSTRUCT_SET first: the call's own --set wins
     if not 0 <= seed <= MAX_SEED:
         raise ConfigError(f"--seed {seed}: use an integer from 0 to {MAX_SEED}")
     for field_name, value in (flags or {}).items():  # a flag and a --set of the same field: which one?

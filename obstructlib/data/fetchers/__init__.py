@@ -59,8 +59,11 @@ FETCHERS: dict[str, str] = {
 AUTOMATIC = frozenset({"cifar10", "cifar100", "mnist", "fashion_mnist", "usps", "svhn", "stl10"})
 DOWNLOAD_ENV = "OBSTRUCT_DOWNLOAD"
 
+# registered dataset name -> its fetcher, where the two differ
+_FETCHER_OF = {"celeba-attributes": "celeba"}
+
 __all__ = ["AUTOMATIC", "FETCHERS", "FetchError", "ManualStepNeeded", "default_root", "downloads_allowed",
-           "fetch", "fetch_main"]
+           "ensure_dataset", "fetch", "fetch_main"]
 
 
 def _module(name: str) -> Any:
@@ -122,6 +125,42 @@ def fetch(name: str, root: str | Path | None = None, *, progress: bool = True, *
     if code:
         raise FetchError(f"fetch({name!r}) ended with status {code}")
     return root
+
+
+def ensure_dataset(spec: str, root: str | Path | None = None, *, mirror: bool = False,
+                   progress: bool = True) -> Path:
+    """Make sure the dataset behind ``spec`` is on disk under ``root``: what a notebook's data cell calls.
+
+    Embedded sets and path specs (``folder:``, ``npz:``, ``csv:``) need nothing; a registered name
+    is fetched unless it is already there (:func:`fetch` is a no-op then), whatever the profile.
+
+    Args:
+        spec: a dataset spec, as ``load_dataset`` takes it (a style suffix such as ``+mnistm`` is ignored).
+        root: the data root (default :func:`default_root`).
+        mirror: where a fetcher can take the images from a public but unofficial mirror instead of
+            asking for a manual download (Flickr8k), do so.
+        progress: show download progress.
+
+    Returns:
+        The data root.
+
+    Example:
+        >>> ensure_dataset("synthetic-captions")  # embedded: nothing to fetch
+        PosixPath('...data')
+    """
+    from obstructlib.data.base import dataset_info
+    from obstructlib.data.domains import split_style
+
+    root = Path(root).expanduser() if root is not None else default_root()
+    base = split_style(spec)[0]
+    if ":" in base:
+        return root
+    info = dataset_info(base)
+    name = _FETCHER_OF.get(base, base)
+    if info.embedded or name not in FETCHERS:
+        return root
+    options = {"mirror": True} if mirror and name == "flickr8k" else {}
+    return fetch(name, root, progress=progress, **options)
 
 
 def fetch_main(name: str, argv: Sequence[str]) -> int:

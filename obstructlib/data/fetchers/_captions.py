@@ -127,6 +127,16 @@ def copy_images_flat(
     return count
 
 
+def flickr_present(name: str, root: Path) -> bool:
+    """Whether ``ROOT/<name>`` holds the Karpathy JSON and every image it names."""
+    folder = root / name
+    json_path = folder / f"dataset_{name}.json"
+    if not json_path.exists() or not (folder / "images").is_dir():
+        return False
+    have = {p.name for p in (folder / "images").glob("*.jpg")}
+    return not {fn for _, fn in karpathy_filenames(json_path)} - have
+
+
 def prepare_flickr(
     name: str,
     root: Path,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._captions import KARPATHY_HELP, prepare_flickr
-from ._common import download, make_parser, run_script, verify_structure
+from ._captions import KARPATHY_HELP, flickr_present, prepare_flickr
+from ._common import download, make_parser, run_script, say, verify_structure
 
 MIRROR_URL = "https://github.com/jbrownlee/Datasets/releases/download/Flickr8k/Flickr8k_Dataset.zip"
 # The mirror publishes no checksum: a download is checked by its image count (Flickr8k: 8,091).
@@ -42,6 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = Path(args.root)
     images = args.images_zip
+    if args.mirror and not images and flickr_present("flickr8k", root):  # no 1.1 GB download to find that out
+        say(f"flickr8k: already present at {root / 'flickr8k'}")
+        return 0
     if args.mirror and not images:
         images = str(download(MIRROR_URL, root / "Flickr8k_Dataset.zip", progress=not args.no_progress))
         verify_structure(images, MIRROR_IMAGES)
