@@ -28,7 +28,7 @@ from obstructlib.engine.distributed import (
     is_main_process,
     unwrap,
 )
-from obstructlib.engine.fingerprint import check_fingerprint, fingerprint
+from obstructlib.engine.fingerprint import check_fingerprint, fingerprint, state_digest
 from obstructlib.engine.loop import ResumableLoop
 from obstructlib.engine.utils import (
     amp_dtype,
@@ -65,6 +65,7 @@ __all__ = [
     "evaluate_clip",
     "fit_classifier",
     "fingerprint",
+    "state_digest",
     "fit_clip",
     "get_rank",
     "get_world_size",

@@ -32,7 +32,7 @@ from typing import Any
 
 from obstructlib.errors import ConfigError
 
-__all__ = ["FINGERPRINT_FILE", "NO_MEANING", "check_fingerprint", "fingerprint"]
+__all__ = ["FINGERPRINT_FILE", "NO_MEANING", "check_fingerprint", "fingerprint", "state_digest"]
 
 FINGERPRINT_FILE = "fingerprint.json"
 # Config fields that change how a run executes (speed, logging, checkpoint cadence), not its result.
@@ -74,6 +74,30 @@ def fingerprint(config: Any, extra: dict[str, Any] | None = None) -> dict[str, A
     for key, value in (extra or {}).items():
         flat[key] = _plain(value)
     return json.loads(json.dumps(flat))
+
+
+def state_digest(module: Any) -> str:
+    """A short SHA-256 of a module's parameters and buffers (names, shapes, dtypes and values).
+
+    For a fingerprint's ``extra``: two surrogates of one architecture with other weights (random,
+    pretrained, trained on other data) must not share a checkpoint folder.
+
+    Example:
+        >>> import torch
+        >>> a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+        >>> state_digest(a) == state_digest(a), state_digest(a) == state_digest(b)
+        (True, False)
+    """
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        t = tensor.detach().cpu().contiguous().reshape(-1)  # 1-d: a 0-d tensor cannot be viewed as bytes
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()[:16]
 
 
 def check_fingerprint(folder: str | os.PathLike, config: Any, *, extra: dict[str, Any] | None = None,

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from obstructlib.data import PerturbationStore, ProtectedPairs, SizedDataset, pair_collate, tokenize_captions
-from obstructlib.engine import ClipTrainConfig, ResumableLoop, check_fingerprint, resolve_device
+from obstructlib.engine import ClipTrainConfig, ResumableLoop, check_fingerprint, resolve_device, state_digest
 from obstructlib.engine.clip import clip_adamw
 from obstructlib.errors import ConfigError, check_min, check_range
 from obstructlib.methods.mem.steps import PairState, clip_batch_loss, shard_of, surrogate_steps, sync_shards
@@ -271,7 +271,8 @@ def protect(
     ckpt = None if ckpt_dir is None else Path(ckpt_dir)
     state: dict[str, Any] = {"round": 0, "train_batches": 0, "history": []}
     if ckpt is not None:
-        check_fingerprint(ckpt, cfg, extra={"num_pairs": len(pairs), "image_shape": list(shape)})
+        check_fingerprint(ckpt, cfg, extra={"num_pairs": len(pairs), "image_shape": list(shape),
+                                            "surrogate_weights": state_digest(surrogate)})
     kept: dict[str, Any] = {"cluster_noise": None, "noise_file": None}
 
     def extra() -> dict[str, Any]:

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from obstructlib.data import PerturbationStore, SizedDataset
 from obstructlib.data.store import MAX_UNITS
-from obstructlib.engine import check_fingerprint, resolve_device
+from obstructlib.engine import check_fingerprint, resolve_device, state_digest
 from obstructlib.errors import ConfigError, check_min, reading
 from obstructlib.methods.uc.steps import (
     cluster_targets,
@@ -281,7 +281,8 @@ def protect(
     ckpt = Path(ckpt_dir) if ckpt_dir is not None else None
     if ckpt is not None:
         check_fingerprint(ckpt, cfg, extra={"num_images": n, "image_shape": list(shape),
-                                            "surrogate_name": surrogate.name})
+                                            "surrogate_name": surrogate.name,
+                                            "surrogate_weights": state_digest(surrogate)})
     cached = _load_images(dataset, cfg, device, progress)
     source = dataset if cached is None else cached
     if ckpt is not None and (ckpt / "clusters.pt").is_file():
