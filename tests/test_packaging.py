@@ -70,8 +70,13 @@ def test_notebook_hygiene(path):
     assert "colab.research.google.com" in sources[0], "title cell needs a Colab badge"
     install = next(s for s in sources if "pip" in s and "install" in s)
     install_code = "\n".join(line for line in install.splitlines() if not line.lstrip().startswith("#"))
-    assert "google.colab" in install_code and "torch" not in install_code, (
-        "the install cell installs only obstructlib, only on Colab")
+    assert 'find_spec("obstructlib") is None' in install_code and "torch" not in install_code, (
+        "the install cell installs obstructlib (never torch), in any kernel that lacks it")
+    release = re.search(r'^OBSTRUCTLIB_RELEASE = "([^"]+)"', install_code, re.MULTILINE)
+    version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+    assert release and version and release.group(1) == version.group(1), (
+        "the install cell pins the package's own version (bump both together)")
+    assert "@v{OBSTRUCTLIB_RELEASE}" in install_code
     params = next(s for s in sources if s.startswith("# Parameters"))
     for name in ("PROFILE", "SEED", "DEVICE", "DATA_ROOT"):
         assert re.search(rf"^{name}\s*=", params, re.MULTILINE), name
