@@ -1,0 +1,121 @@
+"""The colab path, without Colab: each notebook top to bottom in the ``colab`` profile, on CPU.
+
+What a Colab user's run does, this test does, offline:
+
+- every download goes to a local HTTP server (``$OBSTRUCT_MIRROR``) that serves tiny archives in
+  the real formats (:mod:`colab_fixtures`), through the package's own fetchers (the data cells call
+  ``ob.data.ensure_dataset``); an IPython startup file gives the fetchers the fixtures' checksums;
+- the pretrained tags of ``colab`` (``openai``) resolve to a tiny local open_clip checkpoint, and
+  every size shrinks, through the one documented environment override ``$OBSTRUCT_SET`` (the
+  notebooks' own ``config_for`` calls and the CLI runs they start both read it);
+- the data root is ``$OBSTRUCT_DATA`` (the notebooks' ``DATA_ROOT = None``), and ``MPLBACKEND`` is
+  unset, so every figure renders as it would in a reader's kernel.
+
+Only the Parameters cell is edited (``PROFILE = "colab"``, ``DEVICE = "cpu"`` and, where a notebook
+has them, its own size knobs), as papermill would. Marked ``slow``: part of ``make test``.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import re
+import threading
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+
+# Parameters edited per notebook, besides PROFILE and DEVICE (the notebooks' own size knobs).
+PARAMS: dict[str, dict[str, str]] = {
+    "00_setup_and_tour.ipynb": {},
+    "02_multimodal_unlearnable_examples.ipynb": {"NUM_HACKERS": "2"},
+    "04_non_transferable_pruning.ipynb": {},
+}
+
+
+def shrink(ckpt: Path) -> dict[str, list[str]]:
+    """``$OBSTRUCT_SET``: the colab recipes at smoke size, with the tiny checkpoint for every pretrained tag."""
+    clip_train = ["train.steps=4", "train.batch_size=16", "train.warmup_steps=0", "train.num_workers=0",
+                  "train.log_every=1"]
+    return {
+        "clip": ["arch=tiny-vit", f"pretrained={ckpt}", "image_size=32", "max_train_samples=48",
+                 "max_test_samples=16", *clip_train],
+        "mem": ["surrogate=tiny-vit", "hacker=tiny-vit", f"hacker_pretrained={ckpt}", "image_size=32",
+                "max_train_samples=48", "max_test_samples=16", "mem.rounds=1", "mem.text_rounds=1",
+                "mem.train_steps=2", "mem.pgd_steps=2", "mem.num_candidates=2", "mem.batch_size=16",
+                "mem.surrogate.steps=2", "mem.surrogate.batch_size=16", "em.rounds=1", "em.train_steps=2",
+                "em.pgd_steps=2", "em.batch_size=16", "em.surrogate.steps=2", "em.surrogate.batch_size=16",
+                "tap.steps=2", "tap.batch_size=16", *clip_train],
+        "ntp": ["arch=digits_cnn", "image_size=16", "max_source_train=200", "max_target_train=100",
+                "max_test=60", "ratios=0.1,1.0", "source_train.epochs=1", "curve.epochs=1",
+                "source_finetune.epochs=1", "ntp.epochs=1", "ntp.head_epochs=1", "ntp.batch_size=32",
+                "ntl.epochs=1", "simclr.epochs=1"],
+    }
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+
+@pytest.fixture(scope="module")
+def colab_env(tmp_path_factory):
+    """The mirror, its server, the IPython startup file and the tiny checkpoint; yields the environment."""
+    from colab_fixtures import build_mirror, write_tiny_clip
+
+    base = tmp_path_factory.mktemp("colab")
+    mirror = base / "mirror"
+    build_mirror(mirror)
+    startup = base / "ipython" / "profile_default" / "startup"
+    startup.mkdir(parents=True)
+    (startup / "00-fixture-checksums.py").write_text((mirror / "patch_checksums.py").read_text())
+    ckpt = write_tiny_clip(base / "weights" / "tiny-vit.pt")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(mirror)))
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    env = {
+        "OBSTRUCT_MIRROR": f"http://127.0.0.1:{server.server_address[1]}",
+        "OBSTRUCT_DOWNLOAD": "1",
+        "OBSTRUCT_DATA": str(base / "data"),
+        "OBSTRUCT_SET": json.dumps(shrink(ckpt)),
+        "OBSTRUCT_PROFILE": "colab",
+        "IPYTHONDIR": str(base / "ipython"),
+    }
+    yield base, env
+    server.shutdown()
+    server.server_close()
+
+
+def _parameters(source: str, values: dict[str, str]) -> str:
+    for key, value in values.items():
+        source, n = re.subn(rf"^{key}\s*=.*$", f"{key} = {value}", source, count=1, flags=re.MULTILINE)
+        assert n == 1, f"the Parameters cell has no {key}"
+    return source
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_notebook_runs_in_the_colab_profile(name, colab_env, monkeypatch, tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    base, env = colab_env
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    params = next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith("# Parameters"))
+    params.source = _parameters(params.source, {"PROFILE": '"colab"', "DEVICE": '"cpu"', **PARAMS[name]})
+    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert any("image/png" in o.get("data", {}) for o in outputs), "no figure was rendered"
+    text = "\n".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    assert "profile colab" in text or "colab" in text
+    assert any((Path(env["OBSTRUCT_DATA"]) / d).exists() for d in ("flickr8k", "MNIST", "cifar-10-batches-py"))
+    os.sync()
