@@ -106,7 +106,7 @@ def build_mirror(out: Path, seed: int = 0) -> dict[str, dict]:
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     patches = {
-        "cifar10": _cifar10(out, rng, per_batch=40, n_test=80),
+        "cifar10": _cifar10(out, rng, per_batch=60, n_test=80),
         "mnist": _mnist(out, rng, n_train=300, n_test=100),
         "usps": _usps(out, rng, n_train=200, n_test=100),
         "flickr8k": _flickr8k(out, rng, {"train": 48, "val": 8, "test": 16}),
