@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(runner.name, help=runner.help, description=runner.help)
         _common(p)
         p.add_argument("--out", type=str, default=None,
-                       help="run folder for results.json and checkpoints (default: runs/COMMAND)")
+                       help="run folder for results.json and checkpoints (default: $OBSTRUCT_RUNS/COMMAND, else "
+                       "MyDrive/obstructlib/runs/COMMAND where Google Drive is mounted, else runs/COMMAND)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override any config field (dotted keys for nested fields); repeatable")
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -111,7 +112,9 @@ def run_command(args: argparse.Namespace) -> Path:
     execute(args.command, profile=args.profile, overrides=args.overrides, seed=args.seed, device=args.device,
             data_root=args.data_root, out=args.out, progress=not args.no_progress, restart=args.restart,
             argv=["obstruct", *args.argv], flags=flags)
-    return (Path(args.out) if args.out is not None else Path("runs") / args.command) / "results.json"
+    from obstructlib.data import default_runs_root
+
+    return (Path(args.out) if args.out is not None else default_runs_root() / args.command) / "results.json"
 
 
 def data_command(action: str, rest: Sequence[str]) -> int:

@@ -715,3 +715,16 @@ def test_one_data_root_rule(tmp_path, monkeypatch):
     # an installed wheel (no pyproject.toml beside the package): ./data of the working directory
     monkeypatch.setattr(_common, "__file__", str(tmp_path / "site-packages/obstructlib/data/fetchers/_common.py"))
     assert default_data_root() == Path("data")
+
+
+def test_one_runs_root_rule(tmp_path, monkeypatch):
+    from obstructlib.data import base, default_runs_root
+
+    monkeypatch.setenv("OBSTRUCT_RUNS", str(tmp_path / "r"))
+    assert default_runs_root() == tmp_path / "r"
+    monkeypatch.delenv("OBSTRUCT_RUNS")
+    monkeypatch.setattr(base, "_DRIVE", tmp_path / "nodrive")
+    assert default_runs_root() == Path("runs")
+    (tmp_path / "MyDrive").mkdir()
+    monkeypatch.setattr(base, "_DRIVE", tmp_path / "MyDrive")  # Colab with Google Drive mounted
+    assert default_runs_root() == tmp_path / "MyDrive" / "obstructlib" / "runs"

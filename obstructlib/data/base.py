@@ -14,6 +14,7 @@ Images leave every dataset as float tensors in [0, 1], shape ``(C, H, W)``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,24 @@ def default_data_root() -> Path:
     from obstructlib.data.fetchers._common import default_root
 
     return default_root()
+
+
+def default_runs_root() -> Path:
+    """Where run folders (checkpoints, ``results.json``) go by default: one rule for notebooks and the CLI.
+
+    ``$OBSTRUCT_RUNS`` if set; else, where Google Drive is mounted at ``/content/drive`` (Colab),
+    ``MyDrive/obstructlib/runs``, which survives a recycled runtime (``/content`` does not), so a
+    re-run resumes every stage from its checkpoint; else ``runs`` of the working directory.
+    """
+    env = os.environ.get("OBSTRUCT_RUNS", "").strip()
+    if env:
+        return Path(env).expanduser()
+    if _DRIVE.is_dir():
+        return _DRIVE / "obstructlib" / "runs"
+    return Path("runs")
+
+
+_DRIVE = Path("/content/drive/MyDrive")
 
 
 def fetch_many(dataset: Any, indices: Sequence[int]) -> list:

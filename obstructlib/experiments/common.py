@@ -270,7 +270,9 @@ def execute(name: str, *, profile: str | None, overrides: Sequence[str], seed: i
         cfg = runner.adapt(cfg, prof, explicit_keys(overrides, flags))
     if runner.resolve is not None:
         cfg = runner.resolve(cfg, seed)
-    out_dir = Path(out) if out is not None else Path("runs") / name
+    from obstructlib.data import default_runs_root
+
+    out_dir = Path(out) if out is not None else default_runs_root() / name
     existed = out_dir.exists()
     ctx = RunContext(command=name, profile=prof, device=dev, seed=seed,
                      data_root=Path(data_root) if data_root else default_data_root(), out_dir=out_dir,
