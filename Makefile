@@ -15,15 +15,16 @@ TEST_WORKERS ?= 2
 TEST_PAR := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope)
 TEST_THREADS := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 PYTEST_ARGS ?=
-LINT_PATHS := obstructlib tests benchmarks notebooks conftest.py
+LINT_PATHS := obstructlib tests benchmarks notebooks docs conftest.py
 
-.PHONY: lab test test-fast lint venv install-notebook install-dev gpu-wheels gpu-check clean help
+.PHONY: lab test test-fast lint docs venv install-notebook install-dev gpu-wheels gpu-check clean help
 
 help:
 	@echo "make lab       - create $(VENV), install obstructlib with notebook extras, start JupyterLab on notebooks/"
 	@echo "make test      - create $(VENV) if needed, install dev extras, lint (ruff, mypy), unit tests + doctests + notebooks (nbval, quick profile)"
 	@echo "make test-fast - the same without the notebooks and the tests marked slow (a few minutes)"
 	@echo "make lint      - ruff on the code, tests and notebooks; mypy on obstructlib/"
+	@echo "make docs      - execute the notebooks (quick profile) and render them to HTML: docs/_build/html/index.html"
 	@echo "make gpu-wheels - open_clip_torch and its deps as wheels in benchmarks/wheels/, for an offline GPU machine"
 	@echo "make gpu-check  - on a GPU machine (offline; carry benchmarks/wheels): CLIP throughput eager and compiled,"
 	@echo "                  each protection at 224 px; JSON lines in \$$OUT (bash benchmarks/gpu_check.sh)"
@@ -61,6 +62,13 @@ test-fast: lint
 	$(TEST_ENV) $(TEST_THREADS) $(PY) -m pytest -p no:cacheprovider $(TEST_PAR) --doctest-modules -m "not slow" --durations=10 \
 		tests obstructlib $(PYTEST_ARGS); \
 	status=$$?; echo "make test-fast: $$(( $$(date +%s) - start )) s of tests"; exit $$status
+
+# The course as a static site: every notebook executed in `quick` and rendered to HTML with its figures
+# (docs/_build/html/index.html; about 40 minutes on 2 CPU cores). NOTEBOOKS=notebooks/00_setup_and_tour.ipynb
+# renders one.
+NOTEBOOKS ?=
+docs: install-dev
+	$(PY) docs/build.py $(NOTEBOOKS)
 
 # Wheels for benchmarks/gpu_check.sh on an offline GPU machine that has torch and torchvision but not
 # open_clip: open_clip_torch and its dependency closure minus torch, torchvision and their own deps, plus
