@@ -688,6 +688,8 @@ def test_data_command_exit_codes(server, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("OBSTRUCT_MIRROR", server)
     assert main(["data", "fetch", "usps", "--root", str(tmp_path), "--no-progress"]) == 0
     assert (tmp_path / "usps" / "usps.bz2").exists()
+    assert main(["data", "fetch", "usps", "--data-root", str(tmp_path), "--no-progress"]) == 0  # the runners' name
+    assert "already present" in capsys.readouterr().out
     assert main(["data", "list"]) == 0 and "usps" in capsys.readouterr().out
     assert main(["data", "fetch", "nope"]) == 2
     assert main(["data", "fetch"]) == 2

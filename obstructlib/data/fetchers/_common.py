@@ -460,7 +460,7 @@ def make_parser(name: str, description: str) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--root", default=str(default_root()),
+        "--root", "--data-root", dest="root", default=str(default_root()),
         help="data root (the --data-root of the runners); default: $OBSTRUCT_DATA, else <repo>/data "
         "in a source checkout, else ./data (here: %(default)s)",
     )
