@@ -76,7 +76,7 @@ def test_notebook_hygiene(path):
     version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
     assert release and version and release.group(1) == version.group(1), (
         "the install cell pins the package's own version (bump both together)")
-    assert "@v{OBSTRUCTLIB_RELEASE}" in install_code
+    assert "@v{OBSTRUCTLIB_RELEASE}" in install_code  # the pinned release first (the default branch if unpublished)
     params = next(s for s in sources if s.startswith("# Parameters"))
     for name in ("PROFILE", "SEED", "DEVICE", "DATA_ROOT"):
         assert re.search(rf"^{name}\s*=", params, re.MULTILINE), name
