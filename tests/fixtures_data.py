@@ -297,5 +297,5 @@ def write_npz(
 
 
 def write_mnist_m(root: Path, n_train: int = 20, n_test: int = 10, seed: int = 0) -> dict:
-    """``root/mnist_m/mnist_m.npz``: uint8 NHWC 28x28x3 images, as ``data_scripts/mnist_m.py`` writes it."""
+    """``root/mnist_m/mnist_m.npz``: uint8 NHWC 28x28x3 images, as ``obstruct data fetch mnist_m`` writes it."""
     return write_npz(Path(root) / "mnist_m" / "mnist_m.npz", n_train, n_test, (28, 28, 3), seed)
