@@ -12,7 +12,6 @@ Flickr8k image zip) into one folder that a local HTTP server serves as ``$OBSTRU
 
 from __future__ import annotations
 
-import bz2
 import gzip
 import hashlib
 import io
@@ -72,12 +71,11 @@ def _mnist(out: Path, rng: np.random.Generator, n_train: int, n_test: int) -> di
 
 
 def _usps(out: Path, rng: np.random.Generator, n_train: int, n_test: int) -> dict:
+    from obstructlib.data.fetchers.usps import write_libsvm_bz2
+
     files = {}
     for name, n in (("usps.bz2", n_train), ("usps.t.bz2", n_test)):
-        values = rng.integers(0, 256, (n, 256)) / 127.5 - 1.0
-        lines = [f"{label % 10 + 1} " + " ".join(f"{k + 1}:{v:.6f}" for k, v in enumerate(row))
-                 for label, row in enumerate(values)]
-        (out / name).write_bytes(bz2.compress(("\n".join(lines) + "\n").encode()))
+        write_libsvm_bz2(out / name, rng.integers(0, 256, (n, 16, 16), dtype=np.uint8), np.arange(n) % 10)
         files[name] = md5(out / name)
     return {"FILES": files}
 

@@ -612,18 +612,16 @@ def test_unchecked_downloads_are_https_and_name_their_expected_contents():
 # ------------------------------------------------ in the package: ob.data.fetch, the command, first use
 
 
-def usps_on_server(monkeypatch) -> dict[str, bytes]:
+def usps_on_server(monkeypatch, tmp_path) -> dict[str, bytes]:
     """Tiny USPS libsvm files (the real format) served by the test server; the fetcher's MD5s set to theirs."""
     usps = load_script("usps")
     files = {}
     for name, n in (("usps.bz2", 20), ("usps.t.bz2", 10)):
         rng = np.random.default_rng(len(name))
-        images, labels = rng.integers(0, 256, (n, 16, 16), dtype=np.uint8), np.arange(n) % 10
-        lines = "".join(
-            f"{int(y) + 1} " + " ".join(f"{i + 1}:{v / 255 * 2 - 1:.6f}" for i, v in enumerate(x.ravel())) + "\n"
-            for x, y in zip(images, labels)
-        )
-        files[name] = bz2.compress(lines.encode())
+        path = tmp_path / "served" / name
+        path.parent.mkdir(exist_ok=True)
+        usps.write_libsvm_bz2(path, rng.integers(0, 256, (n, 16, 16), dtype=np.uint8), np.arange(n) % 10)
+        files[name] = path.read_bytes()
     RangeHandler.files.update(files)
     monkeypatch.setattr(usps, "FILES", {k: md5_of(v) for k, v in files.items()})
     monkeypatch.setattr(usps, "BASE", "http://127.0.0.1:9/unreachable/")  # only the mirror can serve
@@ -633,7 +631,7 @@ def usps_on_server(monkeypatch) -> dict[str, bytes]:
 def test_fetch_api_through_mirror(server, tmp_path, monkeypatch):
     import obstructlib as ob
 
-    files = usps_on_server(monkeypatch)
+    files = usps_on_server(monkeypatch, tmp_path)
     monkeypatch.setenv("OBSTRUCT_MIRROR", server)
     assert ob.data.fetch("usps", tmp_path, progress=False) == tmp_path
     assert (tmp_path / "usps" / "usps.t.bz2").read_bytes() == files["usps.t.bz2"]
@@ -657,7 +655,7 @@ def test_loader_fetches_on_first_use_unless_forbidden(server, tmp_path, monkeypa
     from obstructlib.data import load_dataset
     from obstructlib.errors import DatasetNotFoundError
 
-    usps_on_server(monkeypatch)
+    usps_on_server(monkeypatch, tmp_path)
     monkeypatch.setenv("OBSTRUCT_MIRROR", server)
     monkeypatch.setenv("OBSTRUCT_DOWNLOAD", "0")
     with pytest.raises(DatasetNotFoundError, match="obstruct data fetch usps"):
@@ -684,7 +682,7 @@ def test_loader_download_failure_names_the_command(tmp_path, monkeypatch):
 def test_data_command_exit_codes(server, tmp_path, monkeypatch, capsys):
     from obstructlib.cli import main
 
-    usps_on_server(monkeypatch)
+    usps_on_server(monkeypatch, tmp_path)
     monkeypatch.setenv("OBSTRUCT_MIRROR", server)
     assert main(["data", "fetch", "usps", "--root", str(tmp_path), "--no-progress"]) == 0
     assert (tmp_path / "usps" / "usps.bz2").exists()

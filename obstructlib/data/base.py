@@ -58,6 +58,9 @@ def default_data_root() -> Path:
     return default_root()
 
 
+_DRIVE = Path("/content/drive/MyDrive")  # where Colab mounts Google Drive
+
+
 def default_runs_root() -> Path:
     """Where run folders (checkpoints, ``results.json``) go by default: one rule for notebooks and the CLI.
 
@@ -71,9 +74,6 @@ def default_runs_root() -> Path:
     if _DRIVE.is_dir():
         return _DRIVE / "obstructlib" / "runs"
     return Path("runs")
-
-
-_DRIVE = Path("/content/drive/MyDrive")
 
 
 def fetch_many(dataset: Any, indices: Sequence[int]) -> list:

@@ -30,12 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from obstructlib.data.fetchers._common import (
-    EXIT_MANUAL,
-    FetchError,
-    ManualStepNeeded,
-    default_root,
-)
+from obstructlib.data.fetchers._common import FetchError, ManualStepNeeded, default_root, exit_status
 from obstructlib.errors import ConfigError
 
 # name -> what it is (the first line of `obstruct data list`)
@@ -165,20 +160,4 @@ def ensure_dataset(spec: str, root: str | Path | None = None, *, mirror: bool = 
 
 def fetch_main(name: str, argv: Sequence[str]) -> int:
     """``obstruct data fetch NAME ARGS...``: exit status 0 done, 1 failed, 2 bad input, 3 manual step, 130 Ctrl-C."""
-    import sys
-
-    module = _module(name)
-    try:
-        return int(module.main(list(argv)) or 0)
-    except ManualStepNeeded as exc:
-        print(f"MANUAL STEP NEEDED\n{exc}", file=sys.stderr, flush=True)
-        return EXIT_MANUAL
-    except FetchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (OSError, ValueError) as exc:
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted: re-run the same command to resume", file=sys.stderr)
-        return 130
+    return exit_status(_module(name).main, list(argv))

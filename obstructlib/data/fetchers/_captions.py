@@ -148,14 +148,13 @@ def prepare_flickr(
 ) -> int:
     """Lay out ``ROOT/<name>/{images/*.jpg, dataset_<name>.json}`` and check every image is there."""
     folder = root / name
-    existed = (folder / f"dataset_{name}.json").exists()
+    if flickr_present(name, root):
+        say(f"{name}: already present at {folder}")
+        return 0
     json_dest = get_karpathy_json(name, folder / f"dataset_{name}.json", json_path, zip_path, root, progress)
     wanted = {fn for _, fn in karpathy_filenames(json_dest)}
     images_dir = folder / "images"
     have = {p.name for p in images_dir.glob("*.jpg")} if images_dir.exists() else set()
-    if existed and not wanted - have:
-        say(f"{name}: already present at {folder}")
-        return 0
     if wanted - have:
         if not images:
             manual_step(how_to_get)

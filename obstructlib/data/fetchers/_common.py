@@ -468,26 +468,31 @@ def make_parser(name: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def run_script(main: Callable[[Sequence[str] | None], int]) -> None:
-    """Run a script's ``main`` and turn expected failures into one line and an exit status.
+def exit_status(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
+    """Run a fetcher's ``main`` and turn expected failures into one line and an exit status.
 
-    FetchError and OS errors exit 1 with ``error: ...``; Ctrl-C exits 130 with a resume hint.
+    0 done; 1 a download or archive failed (FetchError, OS errors: ``error: ...``); 3 a manual
+    step is needed (its instructions); 130 Ctrl-C (with a resume hint).
     """
     try:
-        code = main(None)
+        return int(main(argv) or 0)
     except ManualStepNeeded as exc:
         print(f"MANUAL STEP NEEDED\n{exc}", file=sys.stderr, flush=True)
-        code = EXIT_MANUAL
+        return EXIT_MANUAL
     except FetchError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        code = 1
+        return 1
     except (OSError, ValueError) as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        code = 1
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted: re-run the same command to resume", file=sys.stderr)
-        code = 130
-    raise SystemExit(code)
+        return 130
+
+
+def run_script(main: Callable[[Sequence[str] | None], int]) -> None:
+    """``python -m obstructlib.data.fetchers.NAME``: exit with :func:`exit_status` of ``main``."""
+    raise SystemExit(exit_status(main, None))
 
 
 def copy_or_link(src: Path, dst: Path) -> None:
